@@ -1,0 +1,30 @@
+"""The core's own plugin: the embedded default data and models, and the standard metrics.
+
+It registers through the same hooks as every third-party plugin. Importing it
+does not import torch: factories are named as ``"module:attr"`` strings.
+"""
+
+from __future__ import annotations
+
+from shrinkbench_core.builtin.catalogue import dataset_specs, model_specs
+from shrinkbench_core.hookspecs import hookimpl
+
+
+@hookimpl
+def shrinkbench_register_datasets() -> list:
+    """Register ``digits`` (embedded, no download) and ``mnist``."""
+    return dataset_specs()
+
+
+@hookimpl
+def shrinkbench_register_models() -> list:
+    """Register ``mlp``, ``lenet300`` and ``lenet5``."""
+    return model_specs()
+
+
+@hookimpl
+def shrinkbench_register_metrics() -> list:
+    """Register the standard metrics: size, flops, accuracy, latency, memory."""
+    from shrinkbench_core.builtin.metrics import metric_specs
+
+    return metric_specs()

@@ -1,0 +1,232 @@
+"""Command-line interface: ``shrinkbench`` and ``shrinkbench-run``.
+
+Listing commands and ``--help`` never import torch. A user's mistake is shown
+as a short message with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shrinkbench_core import __version__
+from shrinkbench_core.errors import UserError
+
+KIND_CHOICES = ("strategies", "datasets", "models", "metrics")
+# Sub-commands contributed by other core modules: each has add_parser(subparsers).
+EXTRA_COMMANDS = (
+    "shrinkbench_core.sweep.cli",
+    "shrinkbench_core.results.cli",
+    "shrinkbench_core.plot.cli",
+    "shrinkbench_core.survey.cli",
+)
+
+
+def _guard(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return handler(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+# -- plugins / list -------------------------------------------------------------
+def _registry():
+    from shrinkbench_core.registry import get_registry
+
+    return get_registry()
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """Show every plugin: name, distribution, version, hooks, status and error."""
+    plugins = _registry().plugins()
+    if args.json:
+        print(json.dumps(plugins, indent=2))
+        return 0
+    rows = [
+        [p["name"], p["distribution"] or "-", p["version"] or "-", p["status"],
+         ", ".join(h.removeprefix("shrinkbench_register_") for h in p["hooks"]) or "-"]
+        for p in plugins
+    ]
+    print(format_table(["plugin", "distribution", "version", "status", "registers"], rows))
+    for plugin in plugins:
+        if plugin["error"]:
+            print(f"  {plugin['name']}: {plugin['error']}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """List registered components of one kind, optionally filtered by a pattern."""
+    registry = _registry()
+    specs = registry.list(args.kind, args.pattern)
+    clashing = {n for n in registry.names(args.kind) if ":" in n}
+    if args.json:
+        print(json.dumps([spec.listing() for spec in specs], indent=2))
+        return 0
+    if not specs:
+        print(f"no {args.kind} match {args.pattern!r}" if args.pattern else f"no {args.kind} registered")
+        return 0
+    rows = []
+    for spec in specs:
+        name = spec.qualified_name if spec.qualified_name in clashing else spec.name
+        params = ", ".join(f"{k}={v!r}" for k, v in spec.parameter_defaults().items()) or "-"
+        rows.append([name, spec.plugin or "-", spec.summary, params])
+    print(format_table(["name", "plugin", "summary", "parameters"], rows, max_width=60))
+    return 0
+
+
+def format_table(header: Sequence[str], rows: list[list[Any]], max_width: int = 80) -> str:
+    """A plain-text table; cells longer than ``max_width`` are cut."""
+    cells = [[str(c) if len(str(c)) <= max_width else str(c)[: max_width - 1] + "…" for c in row]
+             for row in [list(header), *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- run ------------------------------------------------------------------------
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``shrinkbench-run`` (also ``shrinkbench run``)."""
+    parser.add_argument("--strategy", help="strategy name (see `shrinkbench list strategies`)")
+    parser.add_argument("--compression", type=float, help="all params / nonzero params, >= 1")
+    parser.add_argument("--dataset", help="dataset name (default: digits)")
+    parser.add_argument("--model", help="model name (default: mlp)")
+    parser.add_argument(
+        "-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+        help="set any config field, e.g. -p finetune.epochs=3 -p strategy.norm=l2 "
+        "-p dataset.root=DIR (repeatable)",
+    )
+    parser.add_argument("--config", help="TOML, YAML or JSON experiment file (flags override it)")
+    parser.add_argument("--output", help="root folder of run directories (default: ./results)")
+    parser.add_argument("--data-root", help="data root for datasets that read files")
+    parser.add_argument("--seed", type=int, help="experiment seed (default 0)")
+    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--force", action="store_true", help="redo a completed run from scratch")
+    parser.add_argument("--json", action="store_true", help="print metrics.json instead of a table")
+
+
+def experiment_config_from_args(args: argparse.Namespace):
+    """Merge the config file, flags and ``-p`` overrides into a validated config."""
+    from shrinkbench_core.config import (
+        apply_override,
+        build_config,
+        parse_assignments,
+        read_config_file,
+    )
+
+    data: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    flags = {
+        "strategy.name": args.strategy,
+        "compression": args.compression,
+        "dataset.name": args.dataset,
+        "model.name": args.model,
+        "output": args.output,
+        "dataset.params.root": args.data_root,
+        "seed": args.seed,
+        "device": args.device,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            apply_override(data, key, value)
+    for key, value in parse_assignments(args.param):
+        apply_override(data, key, value)
+    return build_config(data)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one experiment and print its summary."""
+    from shrinkbench_core.experiment.resolve import resolve_config
+
+    config = experiment_config_from_args(args)
+    resolved = resolve_config(config, _registry())
+    from shrinkbench_core.experiment.runner import Experiment
+    from shrinkbench_core.experiment.summary import summary_table
+
+    experiment = Experiment(resolved, quiet=args.quiet)
+    try:
+        result = experiment.run(force=args.force)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: progress saved in {experiment.run_dir.path}\n"
+            "rerun the same command to resume from the last completed epoch",
+            file=sys.stderr,
+        )
+        return 130
+    if args.json:
+        print(json.dumps(result.metrics, indent=2))
+        return 0
+    if result.already_complete:
+        print(f"already complete: {result.path} (use --force to redo it)")
+    elif result.resumed_from_epoch is not None:
+        print(f"resumed after epoch {result.resumed_from_epoch}")
+    print(summary_table(result.metrics))
+    print(f"results: {result.path}")
+    return 0
+
+
+# -- parsers --------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The ``shrinkbench`` parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="shrinkbench",
+        description="Standardized evaluation of neural-network pruning methods.",
+    )
+    parser.add_argument("--version", action="version", version=f"shrinkbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    plugins = sub.add_parser("plugins", help="show installed plugins and their status")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.set_defaults(handler=cmd_plugins)
+    listing = sub.add_parser("list", help="list registered strategies, datasets, models, metrics")
+    listing.add_argument("kind", choices=KIND_CHOICES)
+    listing.add_argument("pattern", nargs="?", help="shell-style pattern, e.g. 'Global*'")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=cmd_list)
+    run = sub.add_parser("run", help="run one experiment (same as shrinkbench-run)")
+    add_run_arguments(run)
+    run.set_defaults(handler=cmd_run)
+    for module_name in EXTRA_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name and module_name.startswith(error.name):
+                continue  # that command is not part of this installation
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``shrinkbench``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0
+    return _guard(args.handler, args)
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``shrinkbench-run``."""
+    parser = argparse.ArgumentParser(
+        prog="shrinkbench-run",
+        description="Prune a model with a strategy, fine-tune it and report accuracy, compression "
+        "and speedup. Defaults: dataset digits (embedded), model mlp.",
+    )
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
+    return _guard(cmd_run, args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

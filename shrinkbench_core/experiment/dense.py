@@ -1,0 +1,51 @@
+"""Dense weights: trained once and shared by every run that prunes the same model.
+
+Trained weights are cached under ``<output>/dense/<digest>/`` where the digest
+covers the dataset, model, dense training settings and seeds, so every
+strategy and compression in a study starts from the very same dense model.
+A file lock makes concurrent runs wait for the one that trains.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from shrinkbench_core.experiment.atomic import atomic_torch_save, atomic_write_json, read_json
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if needed), across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cached_dense_weights(
+    cache_dir: Path, model: nn.Module, train: Callable[[], dict], description: dict
+) -> tuple[dict, bool]:
+    """Load the cached dense weights into ``model``, or train them once and cache them.
+
+    Returns ``(info, trained_now)`` where ``info`` is what ``train`` returned
+    (its logs) when the weights were trained.
+    """
+    weights = cache_dir / "model.pt"
+    info_file = cache_dir / "dense.json"
+    with file_lock(cache_dir.with_suffix(".lock")):
+        if weights.is_file() and info_file.is_file():
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            return read_json(info_file) or {}, False
+        info = train()
+        atomic_torch_save(model.state_dict(), weights)
+        atomic_write_json(info_file, {**description, **info})
+        return info, True

@@ -1,0 +1,29 @@
+"""Computing the configured metrics at one stage of the pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from shrinkbench_core.metrics import MetricContext
+from shrinkbench_core.specs import MetricSpec
+
+
+def evaluate_stage(
+    context: MetricContext, specs: list[MetricSpec], quiet: bool = False
+) -> dict[str, Any]:
+    """``{metric name: its result}`` for every metric spec, computed on ``context``."""
+    results: dict[str, Any] = {}
+    for spec in specs:
+        compute = spec.load()
+        results[spec.name] = compute(context, spec.parameters())
+    return results
+
+
+def accuracy_of(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+    """Exact top-1/top-5 and mean loss of ``model`` over a whole split."""
+    from shrinkbench_core.metrics.accuracy import evaluate_accuracy
+
+    return evaluate_accuracy(model, loader, device)

@@ -1,0 +1,84 @@
+"""Compression accounting, as the paper defines it.
+
+compression ratio = all parameters / nonzero parameters (every parameter of
+the model counts, prunable or not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from shrinkbench_core.errors import CompressionError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many prunable weights to keep to reach a compression ratio."""
+
+    compression: float
+    total: int  # all parameters of the model
+    prunable: int  # prunable parameters
+    fixed_nonzero: int  # nonzero parameters outside the prunable set
+    prunable_nonzero: int  # nonzero prunable parameters now
+    keep: int  # prunable weights to keep
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of prunable weights kept."""
+        return self.keep / self.prunable if self.prunable else 1.0
+
+    @property
+    def achieved(self) -> float:
+        """The compression ratio reached by keeping ``keep`` nonzero prunable weights."""
+        return self.total / (self.fixed_nonzero + self.keep)
+
+
+def count_nonzero(tensors: Iterable[torch.Tensor]) -> int:
+    """Number of nonzero entries across ``tensors``."""
+    return sum(int(torch.count_nonzero(t)) for t in tensors)
+
+
+def compression_budget(model: nn.Module, prunable: list[str], compression: float) -> Budget:
+    """The exact number of prunable weights to keep for ``compression``.
+
+    Zeros already in the model are counted (pruning an already pruned model to
+    a higher ratio prunes only the difference). Raises :class:`CompressionError`
+    for a ratio below 1, or one that cannot be reached, naming the largest
+    reachable value.
+    """
+    if not compression >= 1:
+        raise CompressionError(
+            f"compression must be >= 1 (all parameters / nonzero parameters), got {compression}"
+        )
+    params = dict(model.named_parameters())
+    prunable_set = set(prunable)
+    total = sum(p.numel() for p in params.values())
+    prunable_total = sum(params[n].numel() for n in prunable)
+    fixed_nonzero = count_nonzero(p.detach() for n, p in params.items() if n not in prunable_set)
+    prunable_nonzero = count_nonzero(params[n].detach() for n in prunable)
+    if prunable_total == 0:
+        raise CompressionError("the model has no prunable parameters under the current rule")
+    target_nonzero = round(total / compression)
+    keep = target_nonzero - fixed_nonzero
+    largest = total / (fixed_nonzero + 1)
+    if keep < 1:
+        raise CompressionError(
+            f"compression {compression:g} cannot be reached: {fixed_nonzero} nonzero parameters "
+            f"are not prunable (of {total}). The largest reachable compression is {largest:.4g}."
+        )
+    current = total / (fixed_nonzero + prunable_nonzero) if fixed_nonzero + prunable_nonzero else 0
+    if keep > prunable_nonzero:
+        raise CompressionError(
+            f"compression {compression:g} is below the model's current compression "
+            f"{current:.4g}; pruning cannot add weights back."
+        )
+    return Budget(compression, total, prunable_total, fixed_nonzero, prunable_nonzero, keep)
+
+
+def fraction_to_keep(compression: float, model: nn.Module, prunable: list[str]) -> float:
+    """Fraction of the prunable weights to keep so the model reaches ``compression``."""
+    return compression_budget(model, prunable, compression).fraction

@@ -1,0 +1,92 @@
+"""Which parameters may be pruned: a rule the user can change.
+
+Default: the ``weight`` of every convolution (1d/2d/3d, transposed) and
+linear layer, except the classifier; never biases or normalization
+parameters. The rule can add module types or parameter names by shell-style
+pattern, remove others, or keep the classifier prunable.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+DEFAULT_TYPES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+                 "ConvTranspose3d", "Linear")
+
+
+class PrunableRule(BaseModel):
+    """A rule selecting prunable parameters by module type and name patterns."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    module_types: tuple[str, ...] = Field(
+        DEFAULT_TYPES, description="Class names of modules whose `weight` is prunable."
+    )
+    include: tuple[str, ...] = Field(
+        (), description="Extra parameter-name patterns to prune (e.g. 'embed.weight', '*.in_proj_weight')."
+    )
+    exclude: tuple[str, ...] = Field((), description="Parameter-name patterns never to prune.")
+    exclude_classifier: bool = Field(True, description="Leave the classifier layer dense.")
+
+
+def find_classifier(model: nn.Module, example_input: torch.Tensor) -> str | None:
+    """Module name of the classifier: the last Linear/Conv layer executed whose output
+    has as many features/channels as the model's output.
+
+    Found by running ``example_input`` once with forward hooks (no state is changed:
+    the model is run in eval mode under ``torch.no_grad``).
+    """
+    executed: list[tuple[str, int]] = []
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            def hook(mod, _inputs, output, name=name):
+                if isinstance(output, torch.Tensor):
+                    size = output.shape[-1] if isinstance(mod, nn.Linear) else output.shape[1]
+                    executed.append((name, int(size)))
+            handles.append(module.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            output = model(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    if not hasattr(output, "logits") and not isinstance(output, torch.Tensor):
+        return None
+    output = getattr(output, "logits", output)
+    classes = int(output.shape[-1])
+    for name, size in reversed(executed):
+        if size == classes:
+            return name
+    return None
+
+
+def prunable_parameters(
+    model: nn.Module, rule: PrunableRule | None = None, classifier: str | None = None
+) -> list[str]:
+    """Names of the parameters ``rule`` allows to prune, in model order."""
+    rule = rule or PrunableRule()
+    names: list[str] = []
+    classifier_params = {f"{classifier}.weight", f"{classifier}.bias"} if classifier else set()
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            by_type = type(module).__name__ in rule.module_types and param_name == "weight"
+            by_pattern = any(fnmatch.fnmatchcase(full, p) for p in rule.include)
+            if not (by_type or by_pattern):
+                continue
+            if any(fnmatch.fnmatchcase(full, p) for p in rule.exclude):
+                continue
+            if rule.exclude_classifier and full in classifier_params and not by_pattern:
+                continue
+            names.append(full)
+    return names

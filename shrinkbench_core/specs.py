@@ -1,0 +1,167 @@
+"""Pydantic models of what plugins register.
+
+Every registration hook returns a list of these specs. A spec describes a
+component without importing it: ``factory`` is a ``"module:attr"`` string that
+is imported only when the component is used, so listing components never
+imports torch-heavy code.
+
+Factory contracts (what the object named by ``factory`` must be):
+
+* strategy: a subclass of :class:`shrinkbench_core.pruning.Strategy`.
+* dataset: ``build(params, *, seed: int) -> shrinkbench_core.data.DataSplits``.
+* model: ``build(params, *, num_classes: int, input_shape: tuple[int, ...]) -> torch.nn.Module``.
+* metric: ``compute(context: shrinkbench_core.metrics.MetricContext, params) -> dict[str, object]``.
+
+``params`` is always an instance of the spec's ``parameters`` model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]*$"
+FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+
+class NoParameters(BaseModel):
+    """Parameter model of a component that takes no parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComponentSpec(BaseModel):
+    """Fields shared by every registered component."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    kind: ClassVar[str] = "component"
+
+    name: str = Field(pattern=NAME_PATTERN, description="Registry name, e.g. 'GlobalMagWeight'.")
+    summary: str = Field(min_length=1, max_length=200, description="One line shown in listings.")
+    factory: str = Field(pattern=FACTORY_PATTERN, description="Lazy 'module:attr' import path.")
+    parameters: type[BaseModel] = Field(
+        default=NoParameters, description="Pydantic model of the component's own parameters."
+    )
+    # Provenance, filled in by the core when the plugin is loaded.
+    plugin: str | None = None
+    distribution: str | None = None
+    version: str | None = None
+
+    @field_validator("summary")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if "\n" in value.strip():
+            raise ValueError("summary must be a single line")
+        return value.strip()
+
+    @property
+    def qualified_name(self) -> str:
+        """``plugin:name``, unique across plugins."""
+        return f"{self.plugin}:{self.name}" if self.plugin else self.name
+
+    def load(self) -> Any:
+        """Import and return the object named by ``factory``."""
+        module_name, _, attr_path = self.factory.partition(":")
+        obj: Any = importlib.import_module(module_name)
+        for attr in attr_path.split("."):
+            obj = getattr(obj, attr)
+        return obj
+
+    def parameter_defaults(self) -> dict[str, Any]:
+        """Each parameter with its default (``None`` marks a required one)."""
+        out: dict[str, Any] = {}
+        for field_name, field in self.parameters.model_fields.items():
+            out[field_name] = None if field.is_required() else field.get_default(call_default_factory=True)
+        return out
+
+    def listing(self) -> dict[str, Any]:
+        """A JSON-friendly description for ``shrinkbench list``."""
+        data = self.model_dump(exclude={"parameters"}, mode="json")
+        data["kind"] = self.kind
+        data["parameters"] = {
+            name: {
+                "default": _jsonable(default),
+                "required": self.parameters.model_fields[name].is_required(),
+                "description": self.parameters.model_fields[name].description,
+            }
+            for name, default in self.parameter_defaults().items()
+        }
+        return data
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+class StrategySpec(ComponentSpec):
+    """A pruning strategy.
+
+    ``scope`` says whether the budget is spread over the whole model
+    (``global``) or applied to each layer alike (``layerwise``); ``structure``
+    what a mask removes. ``needs_data`` / ``needs_gradients`` tell the runner to
+    pass calibration batches.
+    """
+
+    kind: ClassVar[str] = "strategy"
+
+    scope: Literal["global", "layerwise"]
+    structure: Literal["unstructured", "channel", "n:m"] = "unstructured"
+    needs_data: bool = False
+    needs_gradients: bool = False
+    reference: str | None = Field(default=None, description="Paper the scoring rule follows.")
+
+
+class DatasetSpec(ComponentSpec):
+    """A classification dataset: its input shape (C, H, W or features) and classes."""
+
+    kind: ClassVar[str] = "dataset"
+
+    input_shape: tuple[int, ...]
+    num_classes: int = Field(gt=1)
+
+
+class ModelSpec(ComponentSpec):
+    """A model architecture.
+
+    ``input_shapes`` lists the input shapes (without batch) the model accepts;
+    empty means any. ``metadata`` carries published facts (accuracy, parameter
+    count, GFLOPs) for listings.
+    """
+
+    kind: ClassVar[str] = "model"
+
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    classifier: str | None = Field(
+        default=None, description="Module name of the classifier layer, if fixed."
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def accepts(self, input_shape: tuple[int, ...]) -> bool:
+        """Whether this model can consume inputs of ``input_shape``."""
+        return not self.input_shapes or tuple(input_shape) in self.input_shapes
+
+
+class MetricSpec(ComponentSpec):
+    """A metric: its unit and whether higher is better (``None``: neither)."""
+
+    kind: ClassVar[str] = "metric"
+
+    unit: str
+    higher_is_better: bool | None = None
+
+
+SPEC_TYPES: dict[str, type[ComponentSpec]] = {
+    "strategies": StrategySpec,
+    "datasets": DatasetSpec,
+    "models": ModelSpec,
+    "metrics": MetricSpec,
+}
