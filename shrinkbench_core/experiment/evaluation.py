@@ -14,16 +14,28 @@ from shrinkbench_core.specs import MetricSpec
 def evaluate_stage(
     context: MetricContext, specs: list[MetricSpec], quiet: bool = False
 ) -> dict[str, Any]:
-    """``{metric name: its result}`` for every metric spec, computed on ``context``."""
+    """``{metric name: its result}`` for every metric spec, computed on ``context``.
+
+    A metric whose parameters have a ``split`` field is computed on every split
+    of the context (test and, when present, validation); its keys are then
+    prefixed with the split name (``test_top1``, ``validation_top1``).
+    """
     results: dict[str, Any] = {}
     for spec in specs:
         compute = spec.load()
-        results[spec.name] = compute(context, spec.parameters())
+        if "split" in spec.parameters.model_fields:
+            merged: dict[str, Any] = {}
+            for split in context.loaders:
+                values = compute(context, spec.parameters(split=split))
+                merged.update({f"{split}_{key}": value for key, value in values.items()})
+            results[spec.name] = merged
+        else:
+            results[spec.name] = compute(context, spec.parameters())
     return results
 
 
-def accuracy_of(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+def accuracy_of(model: nn.Module, loader, device: torch.device) -> dict[str, Any]:
     """Exact top-1/top-5 and mean loss of ``model`` over a whole split."""
     from shrinkbench_core.metrics.accuracy import evaluate_accuracy
 
-    return evaluate_accuracy(model, loader, device)
+    return evaluate_accuracy(model, loader, device).as_dict()

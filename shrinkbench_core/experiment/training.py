@@ -56,7 +56,7 @@ def train_epoch(
         loss = nn.functional.cross_entropy(outputs, targets)
         loss.backward()
         optimizer.step()
-        loss_sum += float(loss) * len(targets)
+        loss_sum += loss.item() * len(targets)
         correct += int((outputs.argmax(1) == targets).sum())
         seen += len(targets)
     return {"train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1)}

@@ -14,8 +14,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-DEFAULT_TYPES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
-                 "ConvTranspose3d", "Linear")
+DEFAULT_TYPES = (
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "Linear",
+)
 
 
 class PrunableRule(BaseModel):
@@ -24,10 +31,11 @@ class PrunableRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     module_types: tuple[str, ...] = Field(
-        DEFAULT_TYPES, description="Class names of modules whose `weight` is prunable."
+        DEFAULT_TYPES, description="Class names of modules (or their base classes) whose `weight` is prunable."
     )
     include: tuple[str, ...] = Field(
-        (), description="Extra parameter-name patterns to prune (e.g. 'embed.weight', '*.in_proj_weight')."
+        (),
+        description="Extra parameter-name patterns to prune (e.g. 'embed.weight', '*.in_proj_weight').",
     )
     exclude: tuple[str, ...] = Field((), description="Parameter-name patterns never to prune.")
     exclude_classifier: bool = Field(True, description="Leave the classifier layer dense.")
@@ -44,10 +52,12 @@ def find_classifier(model: nn.Module, example_input: torch.Tensor) -> str | None
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+
             def hook(mod, _inputs, output, name=name):
                 if isinstance(output, torch.Tensor):
                     size = output.shape[-1] if isinstance(mod, nn.Linear) else output.shape[1]
                     executed.append((name, int(size)))
+
             handles.append(module.register_forward_hook(hook))
     was_training = model.training
     try:
@@ -80,7 +90,8 @@ def prunable_parameters(
     for module_name, module in model.named_modules():
         for param_name, _ in module.named_parameters(recurse=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
-            by_type = type(module).__name__ in rule.module_types and param_name == "weight"
+            classes = {cls.__name__ for cls in type(module).__mro__}
+            by_type = param_name == "weight" and not classes.isdisjoint(rule.module_types)
             by_pattern = any(fnmatch.fnmatchcase(full, p) for p in rule.include)
             if not (by_type or by_pattern):
                 continue
