@@ -44,15 +44,21 @@ def load_state_dict_file(model: nn.Module, path: str | Path) -> None:
     )
     problems = []
     if missing:
-        problems.append(f"missing keys: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        problems.append(
+            f"missing keys: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
+        )
     if unexpected:
         problems.append(
-            f"unexpected keys: {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else "")
+            f"unexpected keys: {', '.join(unexpected[:5])}"
+            + (" ..." if len(unexpected) > 5 else "")
         )
     if wrong:
-        problems.append(f"shape mismatch: {', '.join(wrong[:5])}" + (" ..." if len(wrong) > 5 else ""))
+        problems.append(
+            f"shape mismatch: {', '.join(wrong[:5])}" + (" ..." if len(wrong) > 5 else "")
+        )
     if problems:
         raise CheckpointError(
-            f"checkpoint {path} does not match the model {type(model).__name__}: " + "; ".join(problems)
+            f"checkpoint {path} does not match the model {type(model).__name__}: "
+            + "; ".join(problems)
         )
     model.load_state_dict(state)

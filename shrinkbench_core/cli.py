@@ -53,8 +53,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(plugins, indent=2))
         return 0
     rows = [
-        [p["name"], p["distribution"] or "-", p["version"] or "-", p["status"],
-         ", ".join(h.removeprefix("shrinkbench_register_") for h in p["hooks"]) or "-"]
+        [
+            p["name"],
+            p["distribution"] or "-",
+            p["version"] or "-",
+            p["status"],
+            ", ".join(h.removeprefix("shrinkbench_register_") for h in p["hooks"]) or "-",
+        ]
         for p in plugins
     ]
     print(format_table(["plugin", "distribution", "version", "status", "registers"], rows))
@@ -73,7 +78,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps([spec.listing() for spec in specs], indent=2))
         return 0
     if not specs:
-        print(f"no {args.kind} match {args.pattern!r}" if args.pattern else f"no {args.kind} registered")
+        print(
+            f"no {args.kind} match {args.pattern!r}"
+            if args.pattern
+            else f"no {args.kind} registered"
+        )
         return 0
     rows = []
     for spec in specs:
@@ -86,10 +95,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def format_table(header: Sequence[str], rows: list[list[Any]], max_width: int = 80) -> str:
     """A plain-text table; cells longer than ``max_width`` are cut."""
-    cells = [[str(c) if len(str(c)) <= max_width else str(c)[: max_width - 1] + "…" for c in row]
-             for row in [list(header), *rows]]
+    cells = [
+        [str(c) if len(str(c)) <= max_width else str(c)[: max_width - 1] + "…" for c in row]
+        for row in [list(header), *rows]
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -102,7 +115,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="dataset name (default: digits)")
     parser.add_argument("--model", help="model name (default: mlp)")
     parser.add_argument(
-        "-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="set any config field, e.g. -p finetune.epochs=3 -p strategy.norm=l2 "
         "-p dataset.root=DIR (repeatable)",
     )

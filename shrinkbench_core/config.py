@@ -17,7 +17,33 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shrinkbench_core.errors import ConfigError, UserError
-from shrinkbench_core.pruning.prunable import PrunableRule
+
+DEFAULT_PRUNABLE_TYPES = (
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "Linear",
+)
+
+
+class PrunableRule(BaseModel):
+    """A rule selecting prunable parameters by module type and name patterns."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    module_types: tuple[str, ...] = Field(
+        DEFAULT_PRUNABLE_TYPES,
+        description="Class names of modules (or their base classes) whose `weight` is prunable.",
+    )
+    include: tuple[str, ...] = Field(
+        (),
+        description="Extra parameter-name patterns to prune, e.g. 'embed.weight'.",
+    )
+    exclude: tuple[str, ...] = Field((), description="Parameter-name patterns never to prune.")
+    exclude_classifier: bool = Field(True, description="Leave the classifier layer dense.")
 
 
 class _Strict(BaseModel):
@@ -114,7 +140,9 @@ class ExperimentConfig(_Strict):
     metrics: list[str] = Field(default_factory=lambda: ["size", "flops", "accuracy", "latency"])
     seed: int = 0
     seeds: SeedConfig = Field(default_factory=SeedConfig)
-    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'...")
+    device: str = Field(
+        "auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'..."
+    )
     output: str = Field("results", description="Root folder of run directories.")
 
     @field_validator("compression")
@@ -140,7 +168,9 @@ class ExperimentConfig(_Strict):
     def dense_digest(self) -> str:
         """Hash of what determines the dense model: data, model, dense training, init seeds."""
         data = self.model_dump(mode="json")
-        dataset = {k: v for k, v in data["dataset"].items() if k not in ("eval_batch_size", "workers")}
+        dataset = {
+            k: v for k, v in data["dataset"].items() if k not in ("eval_batch_size", "workers")
+        }
         seeds = self.seeds.resolve(self.seed)
         return config_digest(
             {
@@ -222,7 +252,11 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     if not all(parts):
         raise ConfigError([f"{key}: malformed key"], title="invalid -p option")
-    if parts[0] in _SECTION_FIELDS and len(parts) == 2 and parts[1] not in _SECTION_FIELDS[parts[0]]:
+    if (
+        parts[0] in _SECTION_FIELDS
+        and len(parts) == 2
+        and parts[1] not in _SECTION_FIELDS[parts[0]]
+    ):
         parts = [parts[0], "params", parts[1]]
     node = data
     for part in parts[:-1]:
@@ -262,7 +296,7 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
 
 
 def build_config(data: dict[str, Any]) -> ExperimentConfig:
-    """Validate the structure of a config dict (components are checked by :func:`resolve_config`)."""
+    """Validate a config dict's structure (components are checked by ``resolve_config``)."""
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as error:

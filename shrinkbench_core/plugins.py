@@ -118,7 +118,9 @@ class PluginManager(pluggy.PluginManager):
         """Warn (one line) about a broken plugin, or raise when strict."""
         message = f"plugin '{info.name}' failed to load: {info.error}"
         if self.selection.strict:
-            raise PluginError(message + "\n(unset SHRINKBENCH_STRICT_PLUGINS to skip broken plugins)")
+            raise PluginError(
+                message + "\n(unset SHRINKBENCH_STRICT_PLUGINS to skip broken plugins)"
+            )
         print(f"shrinkbench: warning: {message}", file=sys.stderr)
 
 

@@ -70,7 +70,9 @@ class Registry:
         for index, item in enumerate(items):
             data = item.model_dump() if isinstance(item, ComponentSpec) else item
             if isinstance(item, ComponentSpec) and not isinstance(item, spec_type):
-                info.fail(f"{kind}[{index}]: expected {spec_type.__name__}, got {type(item).__name__}")
+                info.fail(
+                    f"{kind}[{index}]: expected {spec_type.__name__}, got {type(item).__name__}"
+                )
                 self.manager.report(info)
                 return None
             try:
@@ -89,7 +91,9 @@ class Registry:
                     if isinstance(error, ValidationError)
                     else str(error)
                 )
-                info.fail(f"invalid {SINGULAR[kind]} spec {kind}[{index}] (name={name!r}): {detail}")
+                info.fail(
+                    f"invalid {SINGULAR[kind]} spec {kind}[{index}] (name={name!r}): {detail}"
+                )
                 self.manager.report(info)
                 return None
             specs.append(spec)
@@ -115,7 +119,8 @@ class Registry:
         """Display names: plain when unique, ``plugin:name`` when several plugins clash."""
         counts = self._name_counts(kind)
         return [
-            spec.name if counts[spec.name] == 1 else spec.qualified_name for spec in self.specs(kind)
+            spec.name if counts[spec.name] == 1 else spec.qualified_name
+            for spec in self.specs(kind)
         ]
 
     def list(self, kind: str, pattern: str | None = None) -> list[ComponentSpec]:

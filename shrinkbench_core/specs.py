@@ -74,7 +74,9 @@ class ComponentSpec(BaseModel):
         """Each parameter with its default (``None`` marks a required one)."""
         out: dict[str, Any] = {}
         for field_name, field in self.parameters.model_fields.items():
-            out[field_name] = None if field.is_required() else field.get_default(call_default_factory=True)
+            out[field_name] = (
+                None if field.is_required() else field.get_default(call_default_factory=True)
+            )
         return out
 
     def listing(self) -> dict[str, Any]:

@@ -15,7 +15,11 @@ from shrinkbench_core.registry import reset_registry
 @pytest.fixture(autouse=True)
 def _fresh_registry(monkeypatch):
     """Each test builds its own registry from the current environment."""
-    for var in ("SHRINKBENCH_LOAD_PLUGINS", "SHRINKBENCH_DISABLE_PLUGINS", "SHRINKBENCH_STRICT_PLUGINS"):
+    for var in (
+        "SHRINKBENCH_LOAD_PLUGINS",
+        "SHRINKBENCH_DISABLE_PLUGINS",
+        "SHRINKBENCH_STRICT_PLUGINS",
+    ):
         monkeypatch.delenv(var, raising=False)
     reset_registry()
     yield

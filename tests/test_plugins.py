@@ -14,7 +14,7 @@ from shrinkbench_core.plugins import PluginSelection, make_plugin_manager
 from shrinkbench_core.registry import Registry
 from shrinkbench_core.specs import StrategySpec
 
-GOOD_PLUGIN = '''
+GOOD_PLUGIN = """
 from shrinkbench_core.hookspecs import hookimpl
 from shrinkbench_core.specs import StrategySpec
 
@@ -22,7 +22,7 @@ from shrinkbench_core.specs import StrategySpec
 def shrinkbench_register_strategies():
     return [StrategySpec(name="{name}", summary="test strategy", scope="global",
                          factory="shrinkbench_strategies.magnitude:GlobalMagWeight")]
-'''
+"""
 
 
 def registry(**selection) -> Registry:
@@ -63,13 +63,17 @@ def test_import_error_is_isolated(fake_dists, capsys):
 
 
 def test_hook_raising_breaks_only_its_plugin(fake_dists):
-    fake_dists.add("sb-raises", "sb_raises", '''
+    fake_dists.add(
+        "sb-raises",
+        "sb_raises",
+        """
 from shrinkbench_core.hookspecs import hookimpl
 
 @hookimpl
 def shrinkbench_register_strategies():
     raise RuntimeError("boom in hook")
-''')
+""",
+    )
     reg = registry()
     assert "boom in hook" in statuses(reg)["sb-raises"]["error"]
     assert reg.get("strategies", "GlobalMagWeight")
@@ -78,31 +82,42 @@ def shrinkbench_register_strategies():
 
 
 def test_invalid_spec_names_plugin_and_field(fake_dists):
-    fake_dists.add("sb-invalid", "sb_invalid", '''
+    fake_dists.add(
+        "sb-invalid",
+        "sb_invalid",
+        """
 from shrinkbench_core.hookspecs import hookimpl
 
 @hookimpl
 def shrinkbench_register_strategies():
     return [{"name": "Bad", "summary": "x", "factory": "no colon here", "scope": "global"}]
-''')
+""",
+    )
     error = statuses(registry())["sb-invalid"]["error"]
     assert "factory" in error and "Bad" in error
 
 
 def test_unknown_field_in_spec_is_rejected(fake_dists):
-    fake_dists.add("sb-extra", "sb_extra", '''
+    fake_dists.add(
+        "sb-extra",
+        "sb_extra",
+        """
 from shrinkbench_core.hookspecs import hookimpl
 
 @hookimpl
 def shrinkbench_register_models():
     return [{"name": "m", "summary": "x", "factory": "a:b", "colour": "red"}]
-''')
+""",
+    )
     error = statuses(registry())["sb-extra"]["error"]
     assert "colour" in error
 
 
 def test_duplicate_name_inside_one_plugin_is_an_error(fake_dists):
-    fake_dists.add("sb-dup", "sb_dup", '''
+    fake_dists.add(
+        "sb-dup",
+        "sb_dup",
+        """
 from shrinkbench_core.hookspecs import hookimpl
 from shrinkbench_core.specs import StrategySpec
 
@@ -110,7 +125,8 @@ from shrinkbench_core.specs import StrategySpec
 def shrinkbench_register_strategies():
     spec = dict(name="Twice", summary="x", scope="global", factory="a:b")
     return [StrategySpec(**spec), StrategySpec(**spec)]
-''')
+""",
+    )
     error = statuses(registry())["sb-dup"]["error"]
     assert "more than once" in error and "Twice" in error
 
@@ -141,8 +157,11 @@ def test_disable_and_load_only(fake_dists):
 
 def test_environment_variables_select_plugins():
     selection = PluginSelection.from_environment(
-        {"SHRINKBENCH_LOAD_PLUGINS": "a, b", "SHRINKBENCH_DISABLE_PLUGINS": "b",
-         "SHRINKBENCH_STRICT_PLUGINS": "1"}
+        {
+            "SHRINKBENCH_LOAD_PLUGINS": "a, b",
+            "SHRINKBENCH_DISABLE_PLUGINS": "b",
+            "SHRINKBENCH_STRICT_PLUGINS": "1",
+        }
     )
     assert selection.strict and selection.load_only == {"a", "b"} and selection.disabled == {"b"}
     assert selection.allows("a") and not selection.allows("b") and not selection.allows("c")
@@ -179,14 +198,19 @@ def test_in_memory_plugin_register_and_unregister():
         Registry(manager).get("strategies", "InMemory")
 
 
-HOOKS = [name for name, obj in inspect.getmembers(hookspecs, inspect.isfunction)
-         if name.startswith("shrinkbench_")]
+HOOKS = [
+    name
+    for name, obj in inspect.getmembers(hookspecs, inspect.isfunction)
+    if name.startswith("shrinkbench_")
+]
 
 
 def test_every_hook_is_prefixed_and_documented():
     assert set(HOOKS) == {
-        "shrinkbench_register_strategies", "shrinkbench_register_datasets",
-        "shrinkbench_register_models", "shrinkbench_register_metrics",
+        "shrinkbench_register_strategies",
+        "shrinkbench_register_datasets",
+        "shrinkbench_register_models",
+        "shrinkbench_register_metrics",
     }
     for name in HOOKS:
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""
@@ -203,9 +227,15 @@ def test_every_hook_is_exercised(hook):
         "metrics": {"unit": "count", "higher_is_better": False},
     }[kind]
     plugin = types.SimpleNamespace()
-    setattr(plugin, hook, hookimpl(lambda: [
-        {"name": f"probe_{kind}", "summary": "probe", "factory": "pkg.mod:thing", **facts}
-    ]))
+    setattr(
+        plugin,
+        hook,
+        hookimpl(
+            lambda: [
+                {"name": f"probe_{kind}", "summary": "probe", "factory": "pkg.mod:thing", **facts}
+            ]
+        ),
+    )
     reg = Registry(make_plugin_manager(PluginSelection(), extra_plugins=[("probe", plugin)]))
     spec = reg.get(kind, f"probe_{kind}")
     assert spec.plugin == "probe" and spec.factory == "pkg.mod:thing"

@@ -6,6 +6,11 @@ import copy
 
 import pytest
 import torch
+from shrinkbench_strategies.activation import GlobalMagAct, LayerMagAct
+from shrinkbench_strategies.channel import GlobalChannelNorm, LayerChannelNorm
+from shrinkbench_strategies.gradient import GlobalMagGrad, LayerMagGrad
+from shrinkbench_strategies.magnitude import GlobalMagWeight, LayerMagWeight
+from shrinkbench_strategies.random import RandomPruning
 from torch import nn
 
 from shrinkbench_core.errors import CompressionError, MaskError
@@ -26,37 +31,57 @@ from shrinkbench_core.pruning import (
     save_masks,
 )
 from shrinkbench_core.pruning.strategy import compute_gradients, input_activation_importance
-from shrinkbench_strategies.activation import GlobalMagAct, LayerMagAct
-from shrinkbench_strategies.channel import GlobalChannelNorm, LayerChannelNorm
-from shrinkbench_strategies.gradient import GlobalMagGrad, LayerMagGrad
-from shrinkbench_strategies.magnitude import GlobalMagWeight, LayerMagWeight
-from shrinkbench_strategies.random import RandomPruning
 
-UNSTRUCTURED = [GlobalMagWeight, LayerMagWeight, GlobalMagGrad, LayerMagGrad, GlobalMagAct,
-                LayerMagAct, RandomPruning]
+UNSTRUCTURED = [
+    GlobalMagWeight,
+    LayerMagWeight,
+    GlobalMagGrad,
+    LayerMagGrad,
+    GlobalMagAct,
+    LayerMagAct,
+    RandomPruning,
+]
 COMPRESSIONS = [2, 4, 8, 16, 32, 64]
 
 
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, groups=4), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Conv2d(64, 128, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, groups=4),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.Conv2d(64, 128, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         nn.Linear(128, 10),
     )
 
 
 def mlp() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(48, 1024), nn.ReLU(), nn.Linear(1024, 512),
-                         nn.ReLU(), nn.Linear(512, 10))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(48, 1024),
+        nn.ReLU(),
+        nn.Linear(1024, 512),
+        nn.ReLU(),
+        nn.Linear(512, 10),
+    )
 
 
 def batches(shape=(3, 4, 4), n=2):
     generator = torch.Generator().manual_seed(1)
-    return [(torch.randn(8, *shape, generator=generator),
-             torch.randint(0, 10, (8,), generator=generator)) for _ in range(n)]
+    return [
+        (
+            torch.randn(8, *shape, generator=generator),
+            torch.randint(0, 10, (8,), generator=generator),
+        )
+        for _ in range(n)
+    ]
 
 
 def achieved(model: nn.Module) -> float:
@@ -88,12 +113,13 @@ def test_achieved_compression_is_exact(strategy, build):
 
 
 def test_exact_compression_on_cifar_resnet_and_grouped_torchvision_model():
+    from shrinkbench_cifar.models import resnet20
     from torchvision.models import mobilenet_v2
 
-    from shrinkbench_cifar.models import resnet20
-
-    for build, classifier in ((lambda: resnet20(num_classes=10), "fc"),
-                              (lambda: mobilenet_v2(num_classes=10), "classifier.1")):
+    for build, classifier in (
+        (lambda: resnet20(num_classes=10), "fc"),
+        (lambda: mobilenet_v2(num_classes=10), "classifier.1"),
+    ):
         for strategy in (GlobalMagWeight, LayerMagWeight, RandomPruning):
             for compression in COMPRESSIONS:
                 model = build()
@@ -201,8 +227,9 @@ def test_repruning_counts_existing_zeros():
     GlobalMagWeight(model, 4, classifier="5").apply()
     total = sum(p.numel() for p in model.parameters())
     pruner = GlobalMagWeight(model, 8, classifier="5")
-    assert pruner.keep == round(total / 8) - (total - sum(
-        dict(model.named_parameters())[n].numel() for n in pruner.prunable))
+    assert pruner.keep == round(total / 8) - (
+        total - sum(dict(model.named_parameters())[n].numel() for n in pruner.prunable)
+    )
     pruner.apply()
     assert achieved(model) == pytest.approx(total / round(total / 8))
     with pytest.raises(CompressionError, match="below the model's current compression"):
@@ -259,15 +286,28 @@ def test_any_layer_can_be_pruned_without_swapping_modules():
         def forward(self, x):
             return x @ self.scale
 
-    model = nn.ModuleDict({
-        "embed": nn.Embedding(50, 16), "conv1d": nn.Conv1d(16, 16, 3), "conv3d": nn.Conv3d(2, 4, 3),
-        "deconv": nn.ConvTranspose2d(4, 4, 3), "attention": nn.MultiheadAttention(16, 2),
-        "custom": Custom(), "head": nn.Linear(16, 4),
-    })
+    model = nn.ModuleDict(
+        {
+            "embed": nn.Embedding(50, 16),
+            "conv1d": nn.Conv1d(16, 16, 3),
+            "conv3d": nn.Conv3d(2, 4, 3),
+            "deconv": nn.ConvTranspose2d(4, 4, 3),
+            "attention": nn.MultiheadAttention(16, 2),
+            "custom": Custom(),
+            "head": nn.Linear(16, 4),
+        }
+    )
     rule = PrunableRule(include=("embed.weight", "*.in_proj_weight", "custom.scale"))
     names = prunable_parameters(model, rule, classifier="head")
-    assert set(names) == {"embed.weight", "conv1d.weight", "conv3d.weight", "deconv.weight",
-                          "attention.in_proj_weight", "attention.out_proj.weight", "custom.scale"}
+    assert set(names) == {
+        "embed.weight",
+        "conv1d.weight",
+        "conv3d.weight",
+        "deconv.weight",
+        "attention.in_proj_weight",
+        "attention.out_proj.weight",
+        "custom.scale",
+    }
     types_before = {n: type(m) for n, m in model.named_modules()}
     GlobalMagWeight(model, 4, prunable=names).apply()
     assert types_before == {n: type(m) for n, m in model.named_modules()}
@@ -292,7 +332,9 @@ def test_masked_weights_stay_exactly_zero_through_training(optimizer):
     masks = GlobalMagWeight(model, 8, classifier="10").apply()
     params = [p for p in model.parameters()]
     opt = {
-        "sgd": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
+        "sgd": lambda: torch.optim.SGD(
+            params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
+        ),
         "adam": lambda: torch.optim.Adam(params, lr=0.01),
         "adamw": lambda: torch.optim.AdamW(params, lr=0.01, weight_decay=0.1),
     }[optimizer]()

@@ -49,7 +49,7 @@ def dataset_specs() -> list[DatasetSpec]:
     return [
         DatasetSpec(
             name="digits",
-            summary="UCI handwritten digits (8x8, 10 classes) bundled with scikit-learn; no download",
+            summary="UCI handwritten digits (8x8, 10 classes) from scikit-learn; no download",
             factory="shrinkbench_core.builtin.datasets:build_digits",
             parameters=DigitsParameters,
             input_shape=(1, 8, 8),

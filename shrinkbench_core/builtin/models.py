@@ -34,10 +34,17 @@ class LeNet5(nn.Module):
         super().__init__()
         pad = 2 if side == 28 else 0
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Conv2d(in_channels, 6, 5, padding=pad),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
         )
-        self.fc = nn.Sequential(nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU())
+        self.fc = nn.Sequential(
+            nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU()
+        )
         self.classifier = nn.Linear(84, num_classes)
 
     def forward(self, x):  # noqa: D102
@@ -50,7 +57,9 @@ def _finish(model: nn.Module, checkpoint: str | None) -> nn.Module:
     return model
 
 
-def build_mlp(params: MlpParameters, *, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+def build_mlp(
+    params: MlpParameters, *, num_classes: int, input_shape: tuple[int, ...]
+) -> nn.Module:
     """An MLP for inputs of any shape (flattened)."""
     model = MLP(math.prod(input_shape), tuple(params.hidden_sizes), num_classes)
     return _finish(model, params.checkpoint)

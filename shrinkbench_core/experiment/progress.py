@@ -9,7 +9,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], description: str, quiet: bool = False, total: int | None = None) -> Iterator[T]:
+def progress(
+    items: Iterable[T], description: str, quiet: bool = False, total: int | None = None
+) -> Iterator[T]:
     """Wrap ``items`` in a tqdm bar on stderr, unless quiet or stderr is not a terminal."""
     if quiet or not sys.stderr.isatty():
         yield from items

@@ -62,10 +62,16 @@ def resolve_config(config: ExperimentConfig, registry: Registry) -> ResolvedExpe
     ]
     data = config.model_dump()
     if strategy:
-        data["strategy"]["name"] = strategy.qualified_name if ":" in config.strategy.name else strategy.name
-        data["strategy"]["params"] = _params(strategy, config.strategy.params, "strategy.params", problems)
+        data["strategy"]["name"] = (
+            strategy.qualified_name if ":" in config.strategy.name else strategy.name
+        )
+        data["strategy"]["params"] = _params(
+            strategy, config.strategy.params, "strategy.params", problems
+        )
     if dataset:
-        data["dataset"]["params"] = _params(dataset, config.dataset.params, "dataset.params", problems)
+        data["dataset"]["params"] = _params(
+            dataset, config.dataset.params, "dataset.params", problems
+        )
     if model:
         data["model"]["params"] = _params(model, config.model.params, "model.params", problems)
     if dataset and model and not model.accepts(dataset.input_shape):

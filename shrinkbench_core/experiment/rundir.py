@@ -52,7 +52,9 @@ class RunDirectory:
                 "Choose another with --output."
             ) from None
         if not os.access(self.path, os.W_OK):
-            raise UserError(f"output directory {self.path} is not writable; choose another with --output")
+            raise UserError(
+                f"output directory {self.path} is not writable; choose another with --output"
+            )
 
     def status(self) -> dict[str, Any]:
         """The recorded status (``{}`` when the run never started)."""

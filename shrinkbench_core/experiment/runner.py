@@ -169,7 +169,9 @@ class Experiment:
         batch, workers = self.config.dataset.eval_batch_size, self.config.dataset.workers
         loaders = {"test": seeded_loader(splits.test, batch, workers, 0, shuffle=False)}
         if splits.validation is not None and len(splits.validation):
-            loaders["validation"] = seeded_loader(splits.validation, batch, workers, 0, shuffle=False)
+            loaders["validation"] = seeded_loader(
+                splits.validation, batch, workers, 0, shuffle=False
+            )
         return loaders
 
     def train_loader(self, splits: DataSplits, epoch: int, stage: str) -> Any:
@@ -232,7 +234,12 @@ class Experiment:
         info, trained_now = cached_dense_weights(
             cache, model, train, {"digest": digest, "config": self.config.model_dump(mode="json")}
         )
-        return {"source": "train", "cache": str(cache), "digest": digest, "trained_now": trained_now}
+        return {
+            "source": "train",
+            "cache": str(cache),
+            "digest": digest,
+            "trained_now": trained_now,
+        }
 
     def train_dense(self, model: nn.Module, splits: DataSplits) -> list[dict[str, Any]]:
         """Train the dense model for ``dense.epochs`` epochs."""
@@ -243,7 +250,12 @@ class Experiment:
         for epoch in range(config.epochs):
             loader = self.train_loader(splits, epoch, "dense")
             stats = train_epoch(
-                model, loader, optimizer, self.device, f"dense {epoch + 1}/{config.epochs}", self.quiet
+                model,
+                loader,
+                optimizer,
+                self.device,
+                f"dense {epoch + 1}/{config.epochs}",
+                self.quiet,
             )
             scheduler.step()
             logs.append({"epoch": epoch + 1, **stats})
@@ -286,7 +298,9 @@ class Experiment:
             best_model.load_state_dict(best["model"])
             stages["best_validation"] = {
                 "epoch": best["epoch"],
-                **self.evaluate(best_model, splits, masks, prunable, "best_validation", accuracy_only=True),
+                **self.evaluate(
+                    best_model, splits, masks, prunable, "best_validation", accuracy_only=True
+                ),
             }
         atomic_torch_save(model.state_dict(), run_dir.model)
         timings["total"] = time.perf_counter() - started
@@ -353,8 +367,12 @@ class Experiment:
                 row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
                 row.update(
                     train_epoch(
-                        model, loader, optimizer, self.device,
-                        f"fine-tune {epoch + 1}/{config.epochs}", self.quiet,
+                        model,
+                        loader,
+                        optimizer,
+                        self.device,
+                        f"fine-tune {epoch + 1}/{config.epochs}",
+                        self.quiet,
                     )
                 )
                 scheduler.step()
@@ -366,7 +384,8 @@ class Experiment:
                     if val["top1"] > best_score:
                         best_score = val["top1"]
                         atomic_torch_save(
-                            {"model": model.state_dict(), "epoch": epoch + 1}, run_dir.best_checkpoint
+                            {"model": model.state_dict(), "epoch": epoch + 1},
+                            run_dir.best_checkpoint,
                         )
                 logs.append(row)
                 atomic_torch_save(
@@ -379,7 +398,9 @@ class Experiment:
                     },
                     run_dir.last_checkpoint,
                 )
-                atomic_write_json(run_dir.progress, {"stages": stages, "logs": logs, "epoch": epoch + 1})
+                atomic_write_json(
+                    run_dir.progress, {"stages": stages, "logs": logs, "epoch": epoch + 1}
+                )
                 run_dir.write_logs(logs)
         finally:
             holder.remove()

@@ -28,7 +28,9 @@ _BUCKETS = 1 << 16
 class LazyImportances(Mapping[str, torch.Tensor]):
     """``fn(param)`` for each parameter, computed on access and never stored."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], params: Mapping[str, torch.Tensor]):
+    def __init__(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], params: Mapping[str, torch.Tensor]
+    ):
         self._fn = fn
         self._params = params
 
@@ -179,7 +181,9 @@ def top_count_masks(importances: Importances, keep: int) -> Masks:
     return importance_masks(importances, count_threshold(importances, keep))
 
 
-def allocate_counts(sizes: Mapping[str, int], keep: int, capacity: Mapping[str, int] | None = None) -> dict[str, int]:
+def allocate_counts(
+    sizes: Mapping[str, int], keep: int, capacity: Mapping[str, int] | None = None
+) -> dict[str, int]:
     """Split ``keep`` over layers in proportion to ``sizes``, summing exactly to ``keep``.
 
     Largest-remainder rounding; ``capacity`` caps what a layer can keep (e.g.
@@ -194,7 +198,9 @@ def allocate_counts(sizes: Mapping[str, int], keep: int, capacity: Mapping[str, 
     while remaining > 0 and open_layers:
         weight = sum(sizes[name] for name in open_layers)
         shares = {name: remaining * sizes[name] / weight for name in open_layers}
-        floors = {name: min(int(shares[name]), capacity[name] - allocation[name]) for name in open_layers}
+        floors = {
+            name: min(int(shares[name]), capacity[name] - allocation[name]) for name in open_layers
+        }
         leftover = remaining - sum(floors.values())
         by_remainder = sorted(open_layers, key=lambda n: (-(shares[n] - int(shares[n])), n))
         for name in by_remainder:

@@ -123,7 +123,9 @@ def load_masks(path: str | Path, model: nn.Module | None = None) -> Masks:
 
 def masks_equal(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor]) -> bool:
     """Whether two sets of masks name the same parameters and keep the same entries."""
-    return set(first) == set(second) and all(torch.equal(first[n].cpu(), second[n].cpu()) for n in first)
+    return set(first) == set(second) and all(
+        torch.equal(first[n].cpu(), second[n].cpu()) for n in first
+    )
 
 
 def mask_overlap(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor]) -> float:
@@ -152,4 +154,6 @@ def masks_summary(masks: Mapping[str, torch.Tensor]) -> pd.DataFrame:
                 "compression": size / kept if kept else float("inf"),
             }
         )
-    return pd.DataFrame(rows, columns=["parameter", "shape", "size", "kept", "pruned", "compression"])
+    return pd.DataFrame(
+        rows, columns=["parameter", "shape", "size", "kept", "pruned", "compression"]
+    )

@@ -11,34 +11,11 @@ from __future__ import annotations
 import fnmatch
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-DEFAULT_TYPES = (
-    "Conv1d",
-    "Conv2d",
-    "Conv3d",
-    "ConvTranspose1d",
-    "ConvTranspose2d",
-    "ConvTranspose3d",
-    "Linear",
-)
+from shrinkbench_core.config import DEFAULT_PRUNABLE_TYPES, PrunableRule
 
-
-class PrunableRule(BaseModel):
-    """A rule selecting prunable parameters by module type and name patterns."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    module_types: tuple[str, ...] = Field(
-        DEFAULT_TYPES, description="Class names of modules (or their base classes) whose `weight` is prunable."
-    )
-    include: tuple[str, ...] = Field(
-        (),
-        description="Extra parameter-name patterns to prune (e.g. 'embed.weight', '*.in_proj_weight').",
-    )
-    exclude: tuple[str, ...] = Field((), description="Parameter-name patterns never to prune.")
-    exclude_classifier: bool = Field(True, description="Leave the classifier layer dense.")
+__all__ = ["DEFAULT_PRUNABLE_TYPES", "PrunableRule", "find_classifier", "prunable_parameters"]
 
 
 def find_classifier(model: nn.Module, example_input: torch.Tensor) -> str | None:

@@ -312,8 +312,10 @@ def input_activation_importance(
     modules = dict(model.named_modules())
     owners = {name: name.rpartition(".")[0] for name in names}
     supported = [
-        owner for name, owner in owners.items()
-        if name.endswith(".weight") and isinstance(modules[owner], (nn.Linear, nn.modules.conv._ConvNd))
+        owner
+        for name, owner in owners.items()
+        if name.endswith(".weight")
+        and isinstance(modules[owner], (nn.Linear, nn.modules.conv._ConvNd))
     ]
     stats = input_channel_statistic(model, sorted(set(supported)), batches, norm)
     out = {}

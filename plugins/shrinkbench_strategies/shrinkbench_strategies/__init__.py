@@ -1,3 +1,3 @@
-"""ShrinkBench plugin: Pruning strategies for ShrinkBench: magnitude, gradient, activation, random, structured and modern baselines."""
+"""ShrinkBench plugin: pruning strategies (magnitude, gradient, activation, random, channel...)."""
 
 __version__ = "0.1.0"

@@ -18,4 +18,7 @@ class LayerMagWeight(LayerStrategy):
     """Keep the same fraction of largest-magnitude weights in every layer."""
 
     def layer_masks(self, module_name, module) -> Masks:
-        return {name: self.layer_mask(name, p.abs()) for name, p in self.module_params(module_name).items()}
+        return {
+            name: self.layer_mask(name, p.abs())
+            for name, p in self.module_params(module_name).items()
+        }
