@@ -22,7 +22,9 @@ class MetricContext:
     parameter names to boolean keep-masks (empty for a dense model).
     ``example_input`` is one batch of size 1 on ``device``. ``loaders`` maps split
     names (``"test"``, ``"validation"``) to data loaders. ``stage`` is
-    ``"dense"``, ``"pruned"`` or ``"finetuned"``.
+    ``"dense"``, ``"pruned"`` or ``"finetuned"``. ``dense_model``, when given for
+    a pruned stage, is the dense model it came from: the latency metric then times
+    both and reports the measured speedup.
     """
 
     model: torch.nn.Module
@@ -34,3 +36,4 @@ class MetricContext:
     stage: str = "dense"
     batch_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    dense_model: torch.nn.Module | None = None

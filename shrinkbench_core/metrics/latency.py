@@ -1,0 +1,200 @@
+"""Measured inference latency of the model as it is.
+
+The model runs in eval mode under ``torch.no_grad`` on the device of the example
+batch: ``warmup`` untimed forward passes, then ``repeats`` timed ones, each timed
+on its own with ``time.perf_counter`` (on CUDA the device is synchronized before
+and after each pass, so the time is that of the GPU work). Reported: median,
+mean, standard deviation, interquartile range, min and max in milliseconds, with
+the batch size, device, number of CPU threads and input dtype.
+
+A pruned model keeps its dense shapes (zeros are stored and multiplied), so its
+latency is expected to equal the dense model's: :func:`compare_latency` times
+both, interleaved, and reports the measured speedup next to the theoretical one.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from shrinkbench_core.builtin.metrics import LatencyParameters
+from shrinkbench_core.metrics import MetricContext
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """Times of ``repeats`` forward passes of a batch of ``batch_size``, in milliseconds."""
+
+    times_ms: tuple[float, ...]
+    batch_size: int
+    device: str
+    device_name: str
+    threads: int
+    warmup: int
+    dtype: str
+
+    @property
+    def repeats(self) -> int:
+        """Number of timed forward passes."""
+        return len(self.times_ms)
+
+    @property
+    def median_ms(self) -> float:
+        """Median time of one forward pass of the batch."""
+        return statistics.median(self.times_ms)
+
+    @property
+    def iqr_ms(self) -> float:
+        """Interquartile range (75th - 25th percentile) of the times."""
+        if len(self.times_ms) < 2:
+            return 0.0
+        quartiles = statistics.quantiles(self.times_ms, n=4, method="inclusive")
+        return quartiles[2] - quartiles[0]
+
+    @property
+    def stdev_ms(self) -> float:
+        """Sample standard deviation of the times (0 for a single repeat)."""
+        return statistics.stdev(self.times_ms) if len(self.times_ms) > 1 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Summary statistics and settings, JSON-friendly (raw times left out)."""
+        return {
+            "median_ms": self.median_ms,
+            "mean_ms": statistics.fmean(self.times_ms),
+            "stdev_ms": self.stdev_ms,
+            "iqr_ms": self.iqr_ms,
+            "min_ms": min(self.times_ms),
+            "max_ms": max(self.times_ms),
+            "per_example_ms": self.median_ms / self.batch_size,
+            "batch_size": self.batch_size,
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+            "threads": self.threads,
+            "device": self.device,
+            "device_name": self.device_name,
+            "dtype": self.dtype,
+        }
+
+
+def make_batch(example_input: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A batch of ``batch_size`` copies of the first example of ``example_input``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    first = example_input[:1]
+    return first.expand(batch_size, *first.shape[1:]).contiguous()
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _timer(model: nn.Module, batch: torch.Tensor) -> Callable[[], float]:
+    device = batch.device
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else None
+
+    def run_once() -> float:
+        if synchronize:
+            synchronize(device)
+        start = time.perf_counter()
+        model(batch)
+        if synchronize:
+            synchronize(device)
+        return (time.perf_counter() - start) * 1000.0
+
+    return run_once
+
+
+def _report(times: list[float], batch: torch.Tensor, warmup: int) -> LatencyReport:
+    return LatencyReport(
+        times_ms=tuple(times),
+        batch_size=int(batch.shape[0]),
+        device=str(batch.device),
+        device_name=_device_name(batch.device),
+        threads=torch.get_num_threads(),
+        warmup=warmup,
+        dtype=str(batch.dtype).removeprefix("torch."),
+    )
+
+
+def _check_counts(warmup: int, repeats: int) -> None:
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
+
+
+def _timed_runs(
+    models: list[nn.Module], batch: torch.Tensor, warmup: int, repeats: int
+) -> list[list[float]]:
+    """Time each model ``repeats`` times, interleaved, after ``warmup`` passes each."""
+    _check_counts(warmup, repeats)
+    flags = [model.training for model in models]
+    try:
+        for model in models:
+            model.eval()
+        timers = [_timer(model, batch) for model in models]
+        times: list[list[float]] = [[] for _ in models]
+        with torch.no_grad():
+            for timer in timers:
+                for _ in range(warmup):
+                    timer()
+            for _ in range(repeats):
+                for timer, bucket in zip(timers, times, strict=True):
+                    bucket.append(timer())
+        return times
+    finally:
+        for model, flag in zip(models, flags, strict=True):
+            model.train(flag)
+
+
+def measure_latency(
+    model: nn.Module, example_batch: torch.Tensor, warmup: int = 5, repeats: int = 20
+) -> LatencyReport:
+    """Time forward passes of ``example_batch`` through ``model`` (on the batch's device)."""
+    (times,) = _timed_runs([model], example_batch, warmup, repeats)
+    return _report(times, example_batch, warmup)
+
+
+def compare_latency(
+    dense: nn.Module,
+    pruned: nn.Module,
+    example_batch: torch.Tensor,
+    warmup: int = 5,
+    repeats: int = 20,
+) -> tuple[LatencyReport, LatencyReport]:
+    """Time ``dense`` and ``pruned`` alternately on the same batch: ``(dense, pruned)``.
+
+    Interleaving cancels drift (clock boost, other load) between the two.
+    Measured speedup = ``dense.median_ms / pruned.median_ms``.
+    """
+    dense_times, pruned_times = _timed_runs([dense, pruned], example_batch, warmup, repeats)
+    return _report(dense_times, example_batch, warmup), _report(pruned_times, example_batch, warmup)
+
+
+def compute(context: MetricContext, params: LatencyParameters) -> dict[str, Any]:
+    """The ``latency`` metric: times ``context.model`` on copies of ``context.example_input``.
+
+    Keys: ``median_ms`` (per batch), ``mean_ms``, ``stdev_ms``, ``iqr_ms``,
+    ``min_ms``, ``max_ms``, ``per_example_ms``, and the settings ``batch_size``,
+    ``warmup``, ``repeats``, ``threads``, ``device``, ``device_name``, ``dtype``.
+    When ``context.dense_model`` is given (a pruned stage), both models are timed
+    interleaved and ``dense_median_ms`` and ``measured_speedup`` are added.
+    """
+    batch = make_batch(context.example_input, params.batch_size or context.batch_size)
+    dense_model = context.dense_model
+    if dense_model is None or dense_model is context.model:
+        return measure_latency(context.model, batch, params.warmup, params.repeats).as_dict()
+    dense, pruned = compare_latency(
+        dense_model, context.model, batch, params.warmup, params.repeats
+    )
+    result = pruned.as_dict()
+    result["dense_median_ms"] = dense.median_ms
+    result["measured_speedup"] = dense.median_ms / pruned.median_ms
+    return result
