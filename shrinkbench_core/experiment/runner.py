@@ -112,6 +112,7 @@ class Experiment:
         self.root = Path(self.config.output)
         self.run_dir = RunDirectory(self.root / "runs" / run_name(resolved))
         self.device = pick_device(self.config.device)
+        self.dense_model: nn.Module | None = None  # kept to time dense vs pruned side by side
 
     # -- entry point ------------------------------------------------------------
     def run(self, force: bool = False) -> RunResult:
@@ -208,6 +209,7 @@ class Experiment:
         example = splits.test[0][0].unsqueeze(0).to(self.device)
         return MetricContext(
             model=model,
+            dense_model=self.dense_model if stage != "dense" else None,
             example_input=example,
             device=self.device,
             masks=masks,
@@ -279,9 +281,12 @@ class Experiment:
             stages = progress["stages"]
             start_epoch = self._restore(model, run_dir.last_checkpoint)
             resumed_from = start_epoch
+            self.dense_model = self.build_model(splits)
+            self.obtain_dense(self.dense_model, splits)
         else:
             stages = {}
             stages["dense_source"] = self.obtain_dense(model, splits)
+            self.dense_model = copy.deepcopy(model)
             timings["dense"] = time.perf_counter() - started
             stages["dense"] = self.evaluate(model, splits, {}, prunable, "dense")
             masks = self.prune(model, splits, prunable, classifier)

@@ -26,7 +26,7 @@ def _fmt(value: Any, kind: str) -> str:
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
-    """One row per stage: top-1, top-5, compression, theoretical speedup, latency."""
+    """One row per stage: accuracy, compression, theoretical and measured speedup, latency."""
     rows = []
     for key, label in STAGES:
         stage = metrics.get(key) or {}
@@ -38,6 +38,7 @@ def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
                 _fmt(stage_value(stage, "size", "compression_ratio"), "x"),
                 _fmt(stage_value(stage, "flops", "theoretical_speedup"), "x"),
                 _fmt(stage_value(stage, "latency", "median_ms"), "ms"),
+                _fmt(stage_value(stage, "latency", "measured_speedup"), "x"),
             ]
         )
     return rows
@@ -47,5 +48,5 @@ def summary_table(metrics: dict[str, Any]) -> str:
     """The table printed at the end of ``shrinkbench-run``."""
     from shrinkbench_core.cli import format_table
 
-    header = ["stage", "test top-1", "test top-5", "compression", "speedup", "latency"]
+    header = ["stage", "test top-1", "test top-5", "compression", "speedup", "latency", "measured"]
     return format_table(header, summary_rows(metrics))
