@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ChannelParameters(BaseModel):
@@ -13,3 +13,104 @@ class ChannelParameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     norm: Literal["l1", "l2"] = Field("l1", description="Norm scoring each output channel.")
+
+
+# -- pruning at initialization, second-order, N:M and activation-aware scores -----------------
+class SnipParameters(BaseModel):
+    """Options of SNIP."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batches: int = Field(
+        1, ge=1, description="Calibration batches averaged for the gradient (the paper uses one)."
+    )
+
+
+class GraspParameters(BaseModel):
+    """Options of GraSP."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(
+        200.0, gt=0, description="Logits are divided by this before the loss (the paper uses 200)."
+    )
+    batches: int | None = Field(
+        None, ge=1, description="Calibration batches used (default: all that the runner passes)."
+    )
+
+
+class SynFlowParameters(BaseModel):
+    """Options of SynFlow."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rounds: int = Field(100, ge=1, description="Scoring/pruning rounds (the paper uses 100).")
+    schedule: Literal["exponential", "linear"] = Field(
+        "exponential", description="How the kept fraction shrinks over the rounds."
+    )
+    input_shape: tuple[int, ...] | None = Field(
+        None,
+        description="Input shape without batch, e.g. [1, 8, 8]; default: the one the runner "
+        "passes as `input_shape`.",
+    )
+    precision: Literal["float64", "float32"] = Field(
+        "float64", description="Precision of the scoring copy (float64 avoids overflow)."
+    )
+
+
+class TaylorParameters(BaseModel):
+    """Options of the first-order Taylor score."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    accumulate: Literal["squared", "absolute"] = Field(
+        "squared",
+        description="Per-batch (w*g)^2 (Molchanov et al. 2019) or |w*g|, averaged over batches.",
+    )
+
+
+class FisherParameters(BaseModel):
+    """Options of the Fisher / OBD diagonal score."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gradients: Literal["example", "batch"] = Field(
+        "example",
+        description="Square per-example gradients (the empirical Fisher) or per-batch ones "
+        "(cheaper approximation).",
+    )
+    chunk_size: int = Field(
+        16, ge=1, description="Examples whose gradients are computed at once (memory bound)."
+    )
+
+
+class NMParameters(BaseModel):
+    """Options of N:M semi-structured sparsity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = Field(2, ge=1, description="Weights kept in every group of m.")
+    m: int = Field(4, ge=2, description="Group size, along the input-channel dimension.")
+    incompatible: Literal["error", "skip"] = Field(
+        "error",
+        description="What to do with a prunable parameter whose input dimension is not a "
+        "multiple of m: stop with an error, or leave it dense and report it.",
+    )
+
+    @model_validator(mode="after")
+    def _n_below_m(self) -> NMParameters:
+        if not self.n < self.m:
+            raise ValueError(f"n must be smaller than m (n:m = {self.n}:{self.m})")
+        return self
+
+
+class WandaParameters(BaseModel):
+    """Options of Wanda."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    comparison: Literal["layer", "output"] = Field(
+        "layer",
+        description="Compare scores within each layer, or within each output row as in the "
+        "paper (same fraction kept per row).",
+    )
