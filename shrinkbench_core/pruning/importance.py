@@ -13,6 +13,7 @@ processed in chunks, so it never materializes a flat copy of all importances
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -42,6 +43,11 @@ class LazyImportances(Mapping[str, torch.Tensor]):
 
     def __len__(self) -> int:
         return len(self._params)
+
+    def numel_of(self, name: str) -> int:
+        """Number of values of ``name`` (without computing them when ``fn`` keeps shapes)."""
+        param = self._params[name]
+        return param.numel() if isinstance(param, torch.Tensor) else self[name].numel()
 
 
 def map_importances(
@@ -170,15 +176,115 @@ def importance_masks(importances: Importances, threshold: Threshold | float) -> 
 
 def fraction_mask(importances: Importances | torch.Tensor, fraction: float) -> Masks | torch.Tensor:
     """Keep the ``fraction`` most important values (globally across a mapping)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction to keep must be in [0, 1], got {fraction}")
     if isinstance(importances, torch.Tensor):
-        threshold = fraction_threshold(importances, fraction)
-        return importance_masks({"": importances}, threshold)[""]
-    return importance_masks(importances, fraction_threshold(importances, fraction))
+        return top_count_masks({"": importances}, round(fraction * importances.numel()))[""]
+    total = sum(_numel(importances, name) for name in importances)
+    return top_count_masks(importances, round(fraction * total))
+
+
+def _numel(importances: Importances, name: str) -> int:
+    numel_of = getattr(importances, "numel_of", None)
+    if numel_of is not None:
+        return numel_of(name)
+    return importances[name].numel()
+
+
+_SAMPLE = 1 << 18  # importances sampled to bracket the threshold
 
 
 def top_count_masks(importances: Importances, keep: int) -> Masks:
-    """Keep exactly the ``keep`` most important values across ``importances``."""
-    return importance_masks(importances, count_threshold(importances, keep))
+    """Keep exactly the ``keep`` most important values across ``importances``.
+
+    Ties are broken by position (parameter order, then flattened index), exactly
+    as a stable descending sort of all values would. A seeded random sample
+    brackets the threshold, one pass keeps everything above the bracket and
+    collects the few values inside it, and those are sorted exactly. Extra
+    memory: the masks plus one parameter's scores at a time.
+    """
+    names = list(importances)
+    sizes = [_numel(importances, name) for name in names]
+    total = sum(sizes)
+    if not 0 <= keep <= total:
+        raise ValueError(f"cannot keep {keep} of {total} values")
+    if keep in (0, total):
+        return {
+            name: torch.full_like(importances[name], keep == total, dtype=torch.bool)
+            for name in names
+        }
+    low, high = _bracket(importances, names, sizes, keep)
+    masks, kept_above, candidates = _split(importances, names, low, high)
+    if not kept_above <= keep <= kept_above + sum(len(c[1]) for c in candidates):
+        masks, kept_above, candidates = _split(importances, names, float("-inf"), float("inf"))
+    _keep_candidates(masks, candidates, keep - kept_above)
+    return masks
+
+
+def _bracket(
+    importances: Importances, names: list[str], sizes: list[int], keep: int
+) -> tuple[float, float]:
+    """Values that surely bracket the ``keep``-th largest, from a seeded sample."""
+    total = sum(sizes)
+    if total <= _SAMPLE:
+        return float("-inf"), float("inf")
+    generator = torch.Generator().manual_seed(0)
+    positions = torch.randint(0, total, (_SAMPLE,), generator=generator).sort().values
+    offsets = torch.tensor([0, *sizes]).cumsum(0)
+    samples = []
+    for index, name in enumerate(names):
+        start, end = int(offsets[index]), int(offsets[index + 1])
+        lo, hi = torch.searchsorted(positions, torch.tensor([start, end])).tolist()
+        if hi > lo:
+            flat = importances[name].detach().reshape(-1)
+            samples.append(flat[(positions[lo:hi] - start).to(flat.device)].float().cpu())
+    values = torch.cat(samples).sort(descending=True).values
+    rank = keep / total * _SAMPLE
+    margin = 6 * math.sqrt(_SAMPLE * (keep / total) * (1 - keep / total)) + 64
+    upper = int(rank - margin)
+    lower = int(rank + margin)
+    high = float(values[upper]) if upper >= 0 else float("inf")
+    low = float(values[lower]) if lower < _SAMPLE else float("-inf")
+    return low, high
+
+
+def _split(
+    importances: Importances, names: list[str], low: float, high: float
+) -> tuple[Masks, int, list[tuple[str, torch.Tensor, torch.Tensor]]]:
+    """Masks of values above ``high``, and (name, positions, values) of those in [low, high]."""
+    masks: Masks = {}
+    kept = torch.zeros((), dtype=torch.int64)
+    candidates = []
+    for name in names:
+        scores = importances[name].detach()
+        mask = scores > high
+        masks[name] = mask
+        kept = kept + mask.sum().cpu()
+        if low == float("-inf"):
+            inside = ~mask
+        else:
+            inside = scores >= low
+            inside &= scores <= high
+        positions = inside.reshape(-1).nonzero().squeeze(1)
+        if positions.numel():
+            candidates.append((name, positions, scores.reshape(-1)[positions].float()))
+    return masks, int(kept), candidates
+
+
+def _keep_candidates(
+    masks: Masks, candidates: list[tuple[str, torch.Tensor, torch.Tensor]], count: int
+) -> None:
+    """Keep the ``count`` best candidates (value descending, then position)."""
+    if count <= 0 or not candidates:
+        return
+    values = torch.cat([c[2].cpu() for c in candidates])
+    chosen = torch.zeros(values.numel(), dtype=torch.bool)
+    chosen[torch.sort(values, descending=True, stable=True).indices[:count]] = True
+    start = 0
+    for name, positions, _ in candidates:
+        picked = chosen[start : start + len(positions)].to(positions.device)
+        masks[name].view(-1)[positions[picked]] = True
+        start += len(positions)
 
 
 def allocate_counts(
