@@ -65,6 +65,17 @@ class MemoryParameters(BaseModel):
     )
 
 
+class StructuredParameters(BaseModel):
+    """Options of the ``structured`` metric."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int | None = Field(
+        32, ge=1, description="Inputs per timed forward pass (None: the run's batch size)."
+    )
+    repeats: int = Field(10, ge=1, description="Timed passes of each model, interleaved.")
+
+
 def metric_specs() -> list[MetricSpec]:
     """The standard metrics: size, flops, accuracy, latency, memory."""
     return [
@@ -107,5 +118,13 @@ def metric_specs() -> list[MetricSpec]:
             parameters=MemoryParameters,
             unit="bytes",
             higher_is_better=False,
+        ),
+        MetricSpec(
+            name="structured",
+            summary="shrunk_speedup: measured speedup after removing pruned channels, vs masked",
+            factory="shrinkbench_core.metrics.structured:compute",
+            parameters=StructuredParameters,
+            unit="x",
+            higher_is_better=True,
         ),
     ]
