@@ -1,0 +1,230 @@
+"""Collect run directories into one table: one row per run.
+
+Reads each run's ``config.json``, ``status.json`` and (when complete)
+``metrics.json``. Missing files and missing keys give empty cells, never an
+error, so failed and unfinished runs are listed with their status too.
+
+Accuracy columns are on the test split: ``finetuned_*`` after the final
+fine-tuning epoch, and ``bestval_*`` of the epoch with the best validation
+accuracy (when the dataset has a validation split). The maximum over test
+epochs is never reported.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shrinkbench_core.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Every column of the results table, in order.
+COLUMNS = (
+    "dataset",
+    "model",
+    "strategy",
+    "strategy_params",
+    "schedule",
+    "seed",
+    "compression",
+    "compression_achieved",
+    "theoretical_speedup",
+    "dense_top1",
+    "dense_top5",
+    "pruned_top1",
+    "pruned_top5",
+    "finetuned_top1",
+    "finetuned_top5",
+    "bestval_epoch",
+    "bestval_top1",
+    "bestval_top5",
+    "dense_latency_ms",
+    "latency_ms",
+    "status",
+    "error",
+    "model_params",
+    "dataset_params",
+    "digest",
+    "path",
+)
+SORT_BY = [
+    "dataset", "model", "model_params", "strategy", "strategy_params", "schedule", "compression",
+    "seed",
+]
+RUN_FILES = ("status.json", "config.json")
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    """Run directories at or under ``root`` (a run, a sweep output, or a folder of them)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"results directory not found: {root}")
+    if any((root / name).is_file() for name in RUN_FILES):
+        return [root]
+    found = {path.parent for name in RUN_FILES for path in root.rglob(name)}
+    return sorted(found)
+
+
+def load_results(root: str | Path) -> pd.DataFrame:
+    """The results table of every run under ``root``: one row per run, columns :data:`COLUMNS`."""
+    import pandas as pd
+
+    rows = [run_row(path) for path in find_run_dirs(root)]
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    for column in ("compression", "compression_achieved", "theoretical_speedup"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
+    frame["bestval_epoch"] = pd.to_numeric(frame["bestval_epoch"], errors="coerce").astype("Int64")
+    if frame.empty:
+        return frame
+    return frame.sort_values(SORT_BY, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def run_row(path: Path) -> dict[str, Any]:
+    """One row of the results table from one run directory."""
+    config_file = _read(path / "config.json") or {}
+    config = config_file.get("config", config_file) if isinstance(config_file, dict) else {}
+    metrics = _read(path / "metrics.json") or {}
+    status_file = _read(path / "status.json")
+    status = status_file.get("status", "unknown") if isinstance(status_file, dict) else "unknown"
+    if status_file is None:
+        status = "not started"
+    if status == "complete" and not metrics:
+        status = "incomplete"
+    strategy, dataset, model = (_section(config, key) for key in ("strategy", "dataset", "model"))
+    compression = metrics.get("compression") if isinstance(metrics.get("compression"), dict) else {}
+    finetuned = _dict(metrics.get("finetuned"))
+    best = _dict(metrics.get("best_validation"))
+    row: dict[str, Any] = {
+        "dataset": dataset.get("name"),
+        "model": model.get("name"),
+        "strategy": strategy.get("name"),
+        "strategy_params": format_params(strategy.get("params")),
+        "schedule": format_schedule(config.get("schedule")),
+        "seed": config.get("seed"),
+        "compression": compression.get("requested", config.get("compression")),
+        "compression_achieved": _first(
+            compression.get("achieved"), _get(finetuned, "size", "compression_ratio")
+        ),
+        "theoretical_speedup": _first(
+            metrics.get("theoretical_speedup"), _get(finetuned, "flops", "theoretical_speedup")
+        ),
+        "bestval_epoch": best.get("epoch"),
+        "dense_latency_ms": latency_ms(_dict(metrics.get("dense"))),
+        "latency_ms": latency_ms(finetuned),
+        "status": status,
+        "error": status_file.get("error") if isinstance(status_file, dict) else None,
+        "model_params": format_params(model.get("params")),
+        "dataset_params": format_params(dataset.get("params")),
+        "digest": metrics.get("digest") or config_file.get("digest"),
+        "path": str(path),
+    }
+    for stage, prefix in (("dense", "dense"), ("pruned", "pruned"), ("finetuned", "finetuned"),
+                          ("best_validation", "bestval")):
+        top1, top5 = test_accuracy(_dict(metrics.get(stage)))
+        row[f"{prefix}_top1"], row[f"{prefix}_top5"] = top1, top5
+    return row
+
+
+def test_accuracy(stage: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(top-1, top-5) on the test split of one stage of ``metrics.json``."""
+    accuracy = _dict(stage.get("accuracy"))
+    return (
+        _first(accuracy.get("test_top1"), accuracy.get("top1")),
+        _first(accuracy.get("test_top5"), accuracy.get("top5")),
+    )
+
+
+def latency_ms(stage: dict[str, Any]) -> float | None:
+    """Median forward latency of one stage, in milliseconds."""
+    latency = _dict(stage.get("latency"))
+    if latency.get("median_ms") is not None:
+        return latency["median_ms"]
+    seconds = latency.get("median_seconds")
+    return 1000 * seconds if isinstance(seconds, (int, float)) else None
+
+
+def format_schedule(schedule: Any) -> str:
+    """``oneshot``, or the kind with its non-default settings: ``iterative(rounds=5,...)``."""
+    if not isinstance(schedule, dict):
+        return "oneshot"  # runs from before schedules existed
+    settings = {k: v for k, v in schedule.items() if k != "kind"}
+    try:
+        from shrinkbench_core.experiment.schedule_config import ScheduleConfig
+
+        defaults = {name: field.default for name, field in ScheduleConfig.model_fields.items()}
+        settings = {k: v for k, v in settings.items() if k not in defaults or v != defaults[k]}
+    except ImportError:  # pragma: no cover - an older core
+        pass
+    kind = str(schedule.get("kind", "oneshot"))
+    return f"{kind}({format_params(settings)})" if format_params(settings) else kind
+
+
+def format_params(params: Any) -> str:
+    """Compact, sorted ``key=value,...`` list of component parameters ('' when none).
+
+    Parameters set to ``None`` (unset options such as ``checkpoint``) are left out.
+    """
+    if not isinstance(params, dict):
+        return ""
+    return ",".join(
+        f"{key}={_compact(params[key])}" for key in sorted(params) if params[key] is not None
+    )
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_compact(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + format_params(value) + "}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _section(config: dict[str, Any], key: str) -> dict[str, Any]:
+    return _dict(config.get(key))
+
+
+def _get(data: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def iter_records(frame: pd.DataFrame) -> Iterable[dict[str, Any]]:
+    """Rows as dicts with ``None`` for missing values (JSON-ready)."""
+    import pandas as pd
+
+    for record in frame.to_dict(orient="records"):
+        yield {k: (None if _is_missing(v, pd) else _plain(v)) for k, v in record.items()}
+
+
+def _is_missing(value: Any, pd: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
