@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shrinkbench_core.errors import ConfigError, UserError
+from shrinkbench_core.experiment.schedule_config import ScheduleConfig
 
 DEFAULT_PRUNABLE_TYPES = (
     "Conv1d",
@@ -135,6 +136,10 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     dense: DenseConfig = Field(default_factory=DenseConfig)
     finetune: TrainingConfig = Field(default_factory=TrainingConfig)
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig,
+        description="When pruning happens: oneshot (default), iterative or gradual (AGP).",
+    )
     prunable: PrunableRule = Field(default_factory=PrunableRule)
     calibration_batches: int = Field(4, ge=0, description="Batches for data-driven strategies.")
     metrics: list[str] = Field(default_factory=lambda: ["size", "flops", "accuracy", "latency"])
@@ -162,8 +167,13 @@ class ExperimentConfig(_Strict):
         return value
 
     def digest(self) -> str:
-        """Stable hash of everything that determines the results (not the output path)."""
-        return config_digest(self.model_dump(mode="json", exclude={"output"}))
+        """Stable hash of everything that determines the results (not the output path).
+
+        The default (one-shot) schedule is left out, so one-shot runs keep the
+        digests (and run directories) they had before schedules existed.
+        """
+        exclude = {"output"} | ({"schedule"} if self.schedule == ScheduleConfig() else set())
+        return config_digest(self.model_dump(mode="json", exclude=exclude))
 
     def dense_digest(self) -> str:
         """Hash of what determines the dense model: data, model, dense training, init seeds."""
@@ -288,7 +298,7 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"])
         field = f"{prefix}{location}" if location else prefix.rstrip(".") or "(config)"
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field"
         lines.append(f"{field}: {message}")

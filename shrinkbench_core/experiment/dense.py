@@ -1,6 +1,7 @@
 """Dense weights: trained once and shared by every run that prunes the same model.
 
-Trained weights are cached under ``<output>/dense/<digest>/`` where the digest
+Trained weights are cached under ``<output>/dense/<digest>/`` (with the weights
+recorded for rewinding, ``rewind-<point>.pt``) where the digest
 covers the dataset, model, dense training settings and seeds, so every
 strategy and compression in a study starts from the very same dense model.
 A file lock makes concurrent runs wait for the one that trains.
@@ -49,3 +50,34 @@ def cached_dense_weights(
         atomic_torch_save(model.state_dict(), weights)
         atomic_write_json(info_file, {**description, **info})
         return info, True
+
+
+def rewind_file(cache_dir: Path, key: str) -> Path:
+    """Where the weights recorded at rewind point ``key`` (``epoch2``...) are cached."""
+    return cache_dir / f"rewind-{key}.pt"
+
+
+def save_rewind_state(cache_dir: Path, key: str, state: dict[str, torch.Tensor]) -> None:
+    """Cache a rewind recording next to the dense weights (caller holds the lock)."""
+    atomic_torch_save(
+        {name: t.detach().cpu() for name, t in state.items()}, rewind_file(cache_dir, key)
+    )
+
+
+def cached_rewind_state(
+    cache_dir: Path, key: str, record: Callable[[], dict[str, torch.Tensor]]
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """The weights recorded at rewind point ``key`` of the cached dense training.
+
+    Recorded while the dense model is trained; when the dense weights were cached
+    without this point (trained for another schedule), ``record`` reproduces
+    dense training up to the point (seeded per epoch, so bit-identical on the
+    same device). Returns ``(state, recorded_now)``.
+    """
+    path = rewind_file(cache_dir, key)
+    with file_lock(cache_dir.with_suffix(".lock")):
+        if path.is_file():
+            return torch.load(path, map_location="cpu", weights_only=True), False
+        state = record()
+        save_rewind_state(cache_dir, key, state)
+        return state, True

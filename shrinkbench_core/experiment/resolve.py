@@ -50,6 +50,31 @@ def _params(spec: Any, params: dict[str, Any], field: str, problems: list[str]) 
         return params
 
 
+def schedule_problems(config: ExperimentConfig) -> list[str]:
+    """``field: problem`` lines for a schedule that does not fit the rest of the config.
+
+    Rewinding to a dense epoch or iteration needs the dense training to happen
+    here (it is recorded while training); an epoch point must be within it.
+    Iteration points and gradual steps are checked against the dataset's size
+    when the run starts.
+    """
+    schedule, dense = config.schedule, config.dense
+    if schedule.rewind not in ("epoch", "iteration"):
+        return []
+    if dense.source != "train":
+        return [
+            f"schedule.rewind: rewinding to a dense {schedule.rewind} needs dense.source = "
+            f"'train' (the weights are recorded while training), not '{dense.source}'; "
+            "use rewind = 'init' or 'none'"
+        ]
+    if schedule.rewind == "epoch" and schedule.rewind_point > dense.epochs:
+        return [
+            f"schedule.rewind_point: epoch {schedule.rewind_point} is after the last dense "
+            f"epoch (dense.epochs = {dense.epochs}); use 0..{dense.epochs}"
+        ]
+    return []
+
+
 def resolve_config(config: ExperimentConfig, registry: Registry) -> ResolvedExperiment:
     """Validate names and parameters of every component; raise one :class:`ConfigError`."""
     problems: list[str] = []
@@ -88,6 +113,7 @@ def resolve_config(config: ExperimentConfig, registry: Registry) -> ResolvedExpe
             problems.append("dense.weights: required when dense.source = 'pretrained'")
         elif model and "weights" not in model.parameters.model_fields:
             problems.append(f"dense.weights: model {model.name} has no named pretrained weights")
+    problems.extend(schedule_problems(config))
     if strategy and strategy.needs_data and config.calibration_batches < 1:
         problems.append(f"calibration_batches: strategy {strategy.name} needs at least 1")
     if problems:

@@ -5,14 +5,30 @@ Every strategy is compared from the same dense weights (see
 same metrics. Randomness is split into seeds for model initialization, data
 order, augmentation and pruning; each epoch reseeds from them, so an
 interrupted run resumes to the same result as an uninterrupted one.
+
+When pruning happens is the config's ``schedule``
+(:mod:`shrinkbench_core.experiment.schedules`), usable with every strategy:
+
+* ``oneshot``: prune once to the target, then fine-tune.
+* ``iterative``: rounds of prune -> train (a fresh ``finetune.optimizer`` per
+  round, its own cosine/step schedule over ``epochs_per_round``), optionally
+  rewinding the surviving weights; the last round is followed by the regular
+  fine-tuning. "pruned" metrics are those after the last round (and rewind).
+  A run interrupted during the rounds restarts from the dense weights.
+* ``gradual``: AGP pruning during fine-tuning; the "pruned" metrics are taken
+  right after the first pruning step (the training randomness is left as if
+  they were not measured). Masks and the AGP history are checkpointed every
+  epoch, so an interrupted run resumes to the same result.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +39,27 @@ from torch import nn
 from shrinkbench_core import __version__
 from shrinkbench_core.checkpoints import load_state_dict_file
 from shrinkbench_core.data import DataSplits
-from shrinkbench_core.errors import CheckpointError
+from shrinkbench_core.errors import CheckpointError, ConfigError
 from shrinkbench_core.experiment.atomic import atomic_torch_save, atomic_write_json, read_json
-from shrinkbench_core.experiment.dense import cached_dense_weights
+from shrinkbench_core.experiment.dense import (
+    cached_dense_weights,
+    cached_rewind_state,
+    save_rewind_state,
+)
 from shrinkbench_core.experiment.evaluation import evaluate_stage
 from shrinkbench_core.experiment.resolve import ResolvedExperiment
 from shrinkbench_core.experiment.rundir import COMPLETE, FAILED, INTERRUPTED, RUNNING, RunDirectory
+from shrinkbench_core.experiment.schedules import (
+    GRADUAL_FIELDS,
+    ITERATIVE_FIELDS,
+    AGPController,
+    PruningRound,
+    Rewinder,
+    compression_of_sparsity,
+    model_sparsity,
+    pruning_rounds,
+    run_rounds,
+)
 from shrinkbench_core.experiment.training import (
     make_optimizer,
     make_scheduler,
@@ -46,6 +77,9 @@ from shrinkbench_core.pruning import (
     save_masks,
 )
 
+Masks = dict[str, torch.Tensor]
+Pruner = Callable[[float], Masks]
+
 
 @dataclass
 class RunResult:
@@ -59,13 +93,35 @@ class RunResult:
 
 
 def run_name(resolved: ResolvedExperiment) -> str:
-    """Directory name of a run: readable fields plus the config digest."""
+    """Directory name of a run: readable fields (the schedule's label unless one-shot), digest."""
     config = resolved.config
     strategy = config.strategy.name.replace(":", "-")
+    schedule = "" if config.schedule.kind == "oneshot" else f"-{config.schedule.label()}"
     return (
         f"{config.dataset.name}-{config.model.name}-{strategy}-"
-        f"c{config.compression:g}-s{config.seed}-{config.digest()[:10]}"
+        f"c{config.compression:g}-s{config.seed}{schedule}-{config.digest()[:10]}"
     )
+
+
+def seed_offset(stage: str) -> int:
+    """Offset of a training stage's per-epoch seeds: ``dense``, ``finetune``, ``round<k>``."""
+    if stage == "dense":
+        return 0
+    if stage == "finetune":
+        return 100_000
+    return 100_000 * (1 + int(stage.removeprefix("round")))
+
+
+def rewind_key(rewinder: Rewinder) -> str:
+    """Cache key of a rewind point: ``init``, ``epoch2``, ``iteration30``."""
+    return "init" if rewinder.rewind == "init" else f"{rewinder.rewind}{rewinder.point}"
+
+
+def needs_pruning(model: nn.Module, compression: float) -> bool:
+    """Whether ``model`` has more nonzero parameters than ``compression`` allows."""
+    params = list(model.parameters())
+    nonzero = sum(int(torch.count_nonzero(p)) for p in params)
+    return nonzero > round(sum(p.numel() for p in params) / compression)
 
 
 def pick_device(device: str) -> torch.device:
@@ -108,6 +164,7 @@ class Experiment:
         self.resolved = resolved
         self.config = resolved.config
         self.seeds = self.config.seeds.resolve(self.config.seed)
+        self.schedule = self.config.schedule
         self.quiet = quiet
         self.root = Path(self.config.output)
         self.run_dir = RunDirectory(self.root / "runs" / run_name(resolved))
@@ -151,17 +208,21 @@ class Experiment:
         params = spec.parameters(**config.params)
         return spec.load()(params, seed=self.seeds.data_order)
 
-    def build_model(self, splits: DataSplits) -> nn.Module:
-        """Build the model with the init seed; pretrained weights when asked for."""
+    def input_shape(self, splits: DataSplits) -> tuple[int, ...]:
+        """Shape of one input, without the batch dimension."""
+        return tuple(splits.input_shape or self.resolved.dataset.input_shape)
+
+    def build_model(self, splits: DataSplits, pretrained: bool = True) -> nn.Module:
+        """Build the model with the init seed; pretrained weights when asked for (and allowed)."""
         spec, config = self.resolved.model, self.config.model
         params = dict(config.params)
-        if self.config.dense.source == "pretrained":
+        if pretrained and self.config.dense.source == "pretrained":
             params["weights"] = self.config.dense.weights
         torch.manual_seed(self.seeds.init)
         model = spec.load()(
             spec.parameters(**params),
             num_classes=splits.num_classes or self.resolved.dataset.num_classes,
-            input_shape=tuple(splits.input_shape or self.resolved.dataset.input_shape),
+            input_shape=self.input_shape(splits),
         )
         return model.to(self.device)
 
@@ -175,9 +236,17 @@ class Experiment:
             )
         return loaders
 
+    def steps_per_epoch(self, splits: DataSplits) -> int:
+        """Optimizer steps in one training epoch (the last batch may be smaller)."""
+        return math.ceil(len(splits.train) / self.config.dataset.batch_size)
+
     def train_loader(self, splits: DataSplits, epoch: int, stage: str) -> Any:
-        """The training loader of one epoch, ordered and augmented by that epoch's seeds."""
-        offset = 0 if stage == "dense" else 100_000
+        """The training loader of one epoch, ordered and augmented by that epoch's seeds.
+
+        ``stage``: ``dense``, ``finetune`` or ``round<k>`` (training after
+        iterative round ``k``); each has its own seeds.
+        """
+        offset = seed_offset(stage)
         torch.manual_seed(self.seeds.augmentation + offset + epoch)
         return seeded_loader(
             splits.train,
@@ -219,37 +288,92 @@ class Experiment:
             batch_size=self.config.dataset.eval_batch_size,
         )
 
-    def obtain_dense(self, model: nn.Module, splits: DataSplits) -> dict[str, Any]:
-        """Load or train the dense weights; returns where they came from."""
+    def obtain_dense(
+        self, model: nn.Module, splits: DataSplits, rewinder: Rewinder | None = None
+    ) -> dict[str, Any]:
+        """Load or train the dense weights; returns where they came from.
+
+        With a ``rewinder``, the weights at its rewind point are recorded too:
+        ``init`` from a fresh build with the init seed (the dense training's
+        starting point when it is trained here); ``epoch``/``iteration`` while
+        the dense model trains, cached next to the dense weights.
+        """
         dense = self.config.dense
         if dense.source == "checkpoint":
             load_state_dict_file(model, dense.checkpoint or "")
-            return {"source": "checkpoint", "checkpoint": dense.checkpoint}
+            info: dict[str, Any] = {"source": "checkpoint", "checkpoint": dense.checkpoint}
+            return self._record_init(rewinder, splits, info)
         if dense.source == "pretrained":
-            return {"source": "pretrained", "weights": dense.weights}
+            info = {"source": "pretrained", "weights": dense.weights}
+            return self._record_init(rewinder, splits, info)
         digest = self.config.dense_digest()
+        cache = self.root / "dense" / digest[:16]
+        rewinds_in_training = rewinder is not None and rewinder.rewind != "init"
 
         def train() -> dict[str, Any]:
-            return {"source": "train", "logs": self.train_dense(model, splits)}
+            logs = self.train_dense(model, splits, rewinder if rewinds_in_training else None)
+            if rewinder is not None and rewinds_in_training:
+                save_rewind_state(cache, rewind_key(rewinder), rewinder.state_dict())
+            return {"source": "train", "logs": logs}
 
-        cache = self.root / "dense" / digest[:16]
         info, trained_now = cached_dense_weights(
             cache, model, train, {"digest": digest, "config": self.config.model_dump(mode="json")}
         )
-        return {
+        info = {
             "source": "train",
             "cache": str(cache),
             "digest": digest,
             "trained_now": trained_now,
         }
+        if rewinder is not None and rewinds_in_training and not rewinder.recorded:
+            state, _ = cached_rewind_state(
+                cache, rewind_key(rewinder), lambda: self.replay_dense(splits, rewinder)
+            )
+            rewinder.load_state_dict(state)
+        return self._record_init(rewinder, splits, info)
 
-    def train_dense(self, model: nn.Module, splits: DataSplits) -> list[dict[str, Any]]:
-        """Train the dense model for ``dense.epochs`` epochs."""
+    def _record_init(
+        self, rewinder: Rewinder | None, splits: DataSplits, info: dict[str, Any]
+    ) -> dict[str, Any]:
+        if rewinder is not None and rewinder.rewind == "init":
+            rewinder.record(self.build_model(splits, pretrained=False))
+        return info
+
+    def replay_dense(self, splits: DataSplits, rewinder: Rewinder) -> dict[str, torch.Tensor]:
+        """Dense training from scratch up to the rewind point (weights cached without it)."""
+        self.train_dense(self.build_model(splits), splits, rewinder, until_recorded=True)
+        return rewinder.state_dict()
+
+    def train_dense(
+        self,
+        model: nn.Module,
+        splits: DataSplits,
+        rewinder: Rewinder | None = None,
+        until_recorded: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Train the dense model for ``dense.epochs`` epochs.
+
+        ``rewinder`` records the weights at its rewind point on the way (which
+        changes nothing in the training); ``until_recorded`` stops after the
+        epoch in which they were recorded.
+        """
         config = self.config.dense
         optimizer = make_optimizer(model, config.optimizer)
         scheduler = make_scheduler(optimizer, config)
         logs = []
+        step = 0
+
+        def after_step() -> None:
+            nonlocal step
+            step += 1
+            if rewinder is not None and rewinder.rewind == "iteration":
+                rewinder.maybe_record(model, iteration=step)
+
+        if rewinder is not None:
+            rewinder.maybe_record(model, epoch=0, iteration=0)
         for epoch in range(config.epochs):
+            if until_recorded and rewinder is not None and rewinder.recorded:
+                break
             loader = self.train_loader(splits, epoch, "dense")
             stats = train_epoch(
                 model,
@@ -258,10 +382,44 @@ class Experiment:
                 self.device,
                 f"dense {epoch + 1}/{config.epochs}",
                 self.quiet,
+                on_step=after_step,
             )
             scheduler.step()
             logs.append({"epoch": epoch + 1, **stats})
+            if rewinder is not None and rewinder.rewind == "epoch":
+                rewinder.maybe_record(model, epoch=epoch + 1)
+        if rewinder is not None and not rewinder.recorded:
+            raise RuntimeError(
+                f"rewind point {rewinder.rewind} {rewinder.point} was never reached in "
+                f"{config.epochs} dense epochs ({step} optimizer steps)"
+            )
         return logs
+
+    def check_schedule(self, splits: DataSplits) -> dict[str, Any]:
+        """Check the schedule against the data size (fail before training); its record.
+
+        The record is what ``metrics.json`` shows under ``schedule``: kind,
+        label and the kind's settings (a gradual ``end_step`` filled in); the
+        runs add ``rounds`` (iterative) or ``agp_history`` (gradual).
+        """
+        schedule, per_epoch = self.schedule, self.steps_per_epoch(splits)
+        if schedule.rewind == "iteration":
+            dense_steps = self.config.dense.epochs * per_epoch
+            if schedule.rewind_point > dense_steps:
+                raise ConfigError(
+                    [
+                        f"schedule.rewind_point: iteration {schedule.rewind_point} is after the "
+                        f"last dense optimizer step ({self.config.dense.epochs} epochs x "
+                        f"{per_epoch} steps = {dense_steps}); use 0..{dense_steps}"
+                    ]
+                )
+        resolved = schedule.resolved(self.config.finetune.epochs * per_epoch)
+        fields = {"iterative": ITERATIVE_FIELDS, "gradual": GRADUAL_FIELDS}.get(schedule.kind, ())
+        return {
+            "kind": schedule.kind,
+            "label": schedule.label(),
+            "settings": resolved.model_dump(mode="json", include=set(fields)),
+        }
 
     # -- the pipeline -------------------------------------------------------------
     def _run(self) -> RunResult:
@@ -274,28 +432,46 @@ class Experiment:
         classifier = self.resolved.model.classifier or find_classifier(model, example)
         prunable = prunable_parameters(model, config.prunable, classifier)
         compression_budget(model, prunable, config.compression)  # fail fast if unreachable
+        schedule_record = self.check_schedule(splits)
+        gradual = self.schedule.kind == "gradual"
+        pruner = self.pruner(model, splits, prunable, classifier)
         progress = read_json(run_dir.progress) if run_dir.last_checkpoint.is_file() else None
         resumed_from = None
-        if progress and run_dir.masks.is_file():
-            masks = load_masks(run_dir.masks, model)
+        if progress and (run_dir.masks.is_file() or gradual):
+            masks = {} if gradual else load_masks(run_dir.masks, model)  # gradual: in last.pt
             stages = progress["stages"]
+            stages.setdefault("schedule", schedule_record)
             start_epoch = self._restore(model, run_dir.last_checkpoint)
             resumed_from = start_epoch
             self.dense_model = self.build_model(splits)
             self.obtain_dense(self.dense_model, splits)
         else:
             stages = {}
-            stages["dense_source"] = self.obtain_dense(model, splits)
+            rewinder = Rewinder.from_schedule(self.schedule)
+            stages["dense_source"] = self.obtain_dense(model, splits, rewinder)
             self.dense_model = copy.deepcopy(model)
             timings["dense"] = time.perf_counter() - started
             stages["dense"] = self.evaluate(model, splits, {}, prunable, "dense")
-            masks = self.prune(model, splits, prunable, classifier)
-            save_masks(masks, run_dir.masks)
-            masks_summary(masks).to_csv(run_dir.masks_summary, index=False)
-            stages["pruned"] = self.evaluate(model, splits, masks, prunable, "pruned")
+            stages["schedule"] = schedule_record
+            masks = {}
+            if not gradual:  # gradual pruning happens during fine-tuning
+                masks = self.prune_in_rounds(model, splits, pruner, rewinder, schedule_record)
+                self.save_masks(masks)
+                stages["pruned"] = self.evaluate(model, splits, masks, prunable, "pruned")
+            elif not needs_pruning(model, config.compression):
+                # already at the target (compression 1): gradual pruning will never prune
+                stages["pruned"] = self.evaluate(model, splits, masks, prunable, "pruned")
             start_epoch = 0
         timings["prune"] = time.perf_counter() - started
-        logs = self.finetune(model, splits, masks, stages, start_epoch)
+        gradual_controller = None
+        if gradual:
+
+            def gradual_controller(optimizer: torch.optim.Optimizer) -> AGPController:
+                return self.agp_controller(model, optimizer, splits, pruner, prunable, stages)
+
+        logs, masks = self.finetune(model, splits, masks, stages, start_epoch, gradual_controller)
+        if gradual:
+            self.save_masks(masks)
         stages["finetuned"] = self.evaluate(model, splits, masks, prunable, "finetuned")
         if run_dir.best_checkpoint.is_file():
             best = torch.load(run_dir.best_checkpoint, map_location="cpu", weights_only=True)
@@ -327,22 +503,137 @@ class Experiment:
         specs = [m for m in self.resolved.metrics if not accuracy_only or m.name == "accuracy"]
         return evaluate_stage(context, specs, quiet=self.quiet)
 
-    def prune(
+    def pruner(
         self, model: nn.Module, splits: DataSplits, prunable: list[str], classifier: str | None
-    ) -> dict[str, torch.Tensor]:
-        """Apply the strategy (seeded) to the dense model; return its masks."""
+    ) -> Pruner:
+        """``prune(c)``: apply the strategy at compression ``c`` to ``model``; return its masks.
+
+        Each call builds the strategy afresh, reseeded with the pruning seed;
+        the calibration batches are drawn once, at the first call.
+        """
         spec = self.resolved.strategy
-        torch.manual_seed(self.seeds.pruning)
-        strategy = spec.load()(
-            model,
-            self.config.compression,
-            params=spec.parameters(**self.config.strategy.params),
-            calibration=self.calibration_batches(splits),
-            prunable=prunable,
-            classifier=classifier,
-            seed=self.seeds.pruning,
-        )
-        return strategy.apply()
+        input_shape = self.input_shape(splits)
+        calibration: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+        def prune(compression: float) -> Masks:
+            nonlocal calibration
+            torch.manual_seed(self.seeds.pruning)
+            if calibration is None:
+                calibration = self.calibration_batches(splits)
+            strategy = spec.load()(
+                model,
+                compression,
+                params=spec.parameters(**self.config.strategy.params),
+                calibration=calibration,
+                prunable=prunable,
+                classifier=classifier,
+                seed=self.seeds.pruning,
+                input_shape=input_shape,
+            )
+            return strategy.apply()
+
+        return prune
+
+    def save_masks(self, masks: Masks) -> None:
+        """Write ``masks.pt`` and ``masks_summary.csv``."""
+        save_masks(masks, self.run_dir.masks)
+        masks_summary(masks).to_csv(self.run_dir.masks_summary, index=False)
+
+    def prune_in_rounds(
+        self,
+        model: nn.Module,
+        splits: DataSplits,
+        pruner: Pruner,
+        rewinder: Rewinder | None,
+        record: dict[str, Any],
+    ) -> Masks:
+        """One-shot or iterative pruning (with rewinding); iterative rounds go in ``record``."""
+        rounds = pruning_rounds(self.schedule, self.config.compression)
+        if self.schedule.kind == "oneshot":
+            return run_rounds(model, rounds, pruner, lambda *_: None)
+        history: list[dict[str, Any]] = record.setdefault("rounds", [])
+
+        def prune(compression: float) -> Masks:
+            masks = pruner(compression)
+            history.append(
+                {
+                    "round": len(history) + 1,
+                    "compression": compression,
+                    "achieved": compression_of_sparsity(model_sparsity(model)),
+                    "rewound": rewinder is not None,
+                    "logs": [],
+                }
+            )
+            return masks
+
+        def train(pruning_round: PruningRound, masks: Masks) -> None:
+            history[-1]["logs"] = self.train_round(model, splits, pruning_round, masks, len(rounds))
+
+        return run_rounds(model, rounds, prune, train, rewinder)
+
+    def train_round(
+        self,
+        model: nn.Module,
+        splits: DataSplits,
+        pruning_round: PruningRound,
+        masks: Masks,
+        rounds: int,
+    ) -> list[dict[str, Any]]:
+        """Train after an iterative round: a fresh ``finetune`` optimizer and LR schedule."""
+        config = self.config.finetune.model_copy(update={"epochs": pruning_round.train_epochs})
+        optimizer = make_optimizer(model, config.optimizer)
+        scheduler = make_scheduler(optimizer, config)
+        holder = hold_masks(model, masks, optimizer)
+        logs = []
+        try:
+            for epoch in range(config.epochs):
+                loader = self.train_loader(splits, epoch, f"round{pruning_round.index}")
+                row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+                row.update(
+                    train_epoch(
+                        model,
+                        loader,
+                        optimizer,
+                        self.device,
+                        f"round {pruning_round.index}/{rounds} epoch {epoch + 1}/{config.epochs}",
+                        self.quiet,
+                    )
+                )
+                scheduler.step()
+                logs.append(row)
+        finally:
+            holder.remove()
+        return logs
+
+    def agp_controller(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        splits: DataSplits,
+        pruner: Pruner,
+        prunable: list[str],
+        stages: dict[str, Any],
+    ) -> AGPController:
+        """Gradual pruning of ``model`` during fine-tuning with ``optimizer``.
+
+        The first pruning step also measures the "pruned" stage. Pruning and
+        measuring run on a forked RNG, so the training randomness is the same
+        as if neither happened mid-epoch.
+        """
+        steps = self.config.finetune.epochs * self.steps_per_epoch(splits)
+        schedule = self.schedule.resolved(steps)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+
+        def prune_step(compression: float) -> Masks:
+            with torch.random.fork_rng(devices=devices):
+                masks = pruner(compression)
+                if "pruned" not in stages:
+                    was_training = model.training
+                    stages["pruned"] = self.evaluate(model, splits, masks, prunable, "pruned")
+                    model.train(was_training)
+            return masks
+
+        return AGPController(model, optimizer, prune_step, self.config.compression, schedule)
 
     def finetune(
         self,
@@ -351,20 +642,43 @@ class Experiment:
         masks: dict[str, torch.Tensor],
         stages: dict[str, Any],
         start_epoch: int,
-    ) -> list[dict[str, Any]]:
-        """Fine-tune with masks held; checkpoint every epoch; track the best validation epoch."""
+        gradual: Callable[[torch.optim.Optimizer], AGPController] | None = None,
+    ) -> tuple[list[dict[str, Any]], Masks]:
+        """Fine-tune with masks held; checkpoint every epoch; track the best validation epoch.
+
+        With ``gradual`` (builds the AGP controller for the optimizer), the
+        model is pruned during fine-tuning instead; its masks and history are
+        checkpointed. Returns the logs and the final masks.
+        """
         run_dir, config = self.run_dir, self.config.finetune
         optimizer = make_optimizer(model, config.optimizer)
         scheduler = make_scheduler(optimizer, config)
         logs: list[dict[str, Any]] = []
         best_score = float("-inf")
+        state: dict[str, Any] = {}
         if start_epoch:
             state = torch.load(run_dir.last_checkpoint, map_location="cpu", weights_only=True)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             logs = read_json(run_dir.progress).get("logs", [])
             best_score = state.get("best_score", best_score)
-        holder = hold_masks(model, masks, optimizer)
+        step = start_epoch * self.steps_per_epoch(splits)
+        controller = gradual(optimizer) if gradual is not None else None
+        holder = None
+        if controller is None:
+            holder = hold_masks(model, masks, optimizer)
+        elif start_epoch:
+            saved = {name: mask.bool() for name, mask in state.get("masks", {}).items()}
+            controller.resume(saved, step, stages["schedule"].get("agp_history", []))
+        else:
+            controller.step(0)
+
+        def after_step() -> None:
+            nonlocal step
+            step += 1
+            if controller is not None:
+                controller.step(step)
+
         loaders = self.loaders(splits)
         try:
             for epoch in range(start_epoch, config.epochs):
@@ -378,6 +692,7 @@ class Experiment:
                         self.device,
                         f"fine-tune {epoch + 1}/{config.epochs}",
                         self.quiet,
+                        on_step=after_step,
                     )
                 )
                 scheduler.step()
@@ -393,25 +708,32 @@ class Experiment:
                             run_dir.best_checkpoint,
                         )
                 logs.append(row)
-                atomic_torch_save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch + 1,
-                        "best_score": best_score,
-                    },
-                    run_dir.last_checkpoint,
-                )
+                checkpoint = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                    "best_score": best_score,
+                }
+                if controller is not None:
+                    checkpoint["masks"] = {n: m.cpu() for n, m in controller.masks.items()}
+                    stages["schedule"]["agp_history"] = controller.history
+                atomic_torch_save(checkpoint, run_dir.last_checkpoint)
                 atomic_write_json(
                     run_dir.progress, {"stages": stages, "logs": logs, "epoch": epoch + 1}
                 )
                 run_dir.write_logs(logs)
         finally:
-            holder.remove()
+            if holder is not None:
+                holder.remove()
+            if controller is not None:
+                controller.remove()
+        if controller is not None:
+            masks = controller.masks
+            stages["schedule"]["agp_history"] = controller.history
         if config.epochs == 0 or not run_dir.last_checkpoint.is_file():
             atomic_write_json(run_dir.progress, {"stages": stages, "logs": logs, "epoch": 0})
-        return logs
+        return logs, masks
 
     def _restore(self, model: nn.Module, path: Path) -> int:
         try:
@@ -438,7 +760,8 @@ class Experiment:
                 "achieved": size.get("compression_ratio"),
             },
             "theoretical_speedup": flops.get("theoretical_speedup"),
-            **stages,
+            "schedule": stages.get("schedule"),
+            **{stage: value for stage, value in stages.items() if stage != "schedule"},
             "epochs": len(logs),
             "timings_seconds": timings,
         }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -45,8 +45,13 @@ def train_epoch(
     device: torch.device,
     description: str = "train",
     quiet: bool = False,
+    on_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns exact mean loss and top-1 over all examples."""
+    """One pass over ``loader``; returns exact mean loss and top-1 over all examples.
+
+    ``on_step`` is called right after every ``optimizer.step()`` (e.g. to record
+    weights for rewinding or to prune gradually).
+    """
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     for inputs, targets in progress(loader, description, quiet):
@@ -56,6 +61,8 @@ def train_epoch(
         loss = nn.functional.cross_entropy(outputs, targets)
         loss.backward()
         optimizer.step()
+        if on_step is not None:
+            on_step()
         loss_sum += loss.item() * len(targets)
         correct += int((outputs.argmax(1) == targets).sum())
         seen += len(targets)

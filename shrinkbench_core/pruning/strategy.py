@@ -40,6 +40,8 @@ class Strategy:
         rule: which parameters are prunable when ``prunable`` is not given.
         classifier: module name of the classifier (excluded by the default rule).
         seed: seed of any randomness in the strategy.
+        input_shape: shape of one input without the batch dimension (the runner
+            passes the dataset's), for strategies that build their own inputs.
     """
 
     Parameters: ClassVar[type[BaseModel]] = NoParameters
@@ -55,8 +57,10 @@ class Strategy:
         rule: PrunableRule | None = None,
         classifier: str | None = None,
         seed: int = 0,
+        input_shape: tuple[int, ...] | None = None,
     ) -> None:
         self.model = model
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.compression = compression
         if params is None or isinstance(params, Mapping):
             params = self.Parameters(**dict(params or {}))
