@@ -27,6 +27,7 @@ import copy
 import math
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ from shrinkbench_core.experiment.training import (
 )
 from shrinkbench_core.metrics import MetricContext
 from shrinkbench_core.pruning import (
+    apply_masks,
     compression_budget,
     find_classifier,
     hold_masks,
@@ -530,9 +532,30 @@ class Experiment:
                 seed=self.seeds.pruning,
                 input_shape=input_shape,
             )
-            return strategy.apply()
+            masks = strategy.apply()
+            if spec.structure == "channel":
+                masks = self.complete_channels(model, masks, splits)
+            return masks
 
         return prune
+
+    def complete_channels(self, model: nn.Module, masks: Masks, splits: DataSplits) -> Masks:
+        """Also mask removed channels' biases and BatchNorm entries, so they output exactly zero.
+
+        Then the masked model equals its physically shrunk version. A model the
+        tracer cannot follow keeps the weight-only masks (reported in the status).
+        """
+        from shrinkbench_core.errors import UserError
+        from shrinkbench_core.pruning.structured import complete_channel_masks
+
+        example = splits.test[0][0].unsqueeze(0).to(self.device)
+        try:
+            completed = complete_channel_masks(model, masks, example)
+        except UserError as error:
+            print(f"shrinkbench: note: channel masks not completed: {error}", file=sys.stderr)
+            return masks
+        apply_masks(model, completed)
+        return completed
 
     def save_masks(self, masks: Masks) -> None:
         """Write ``masks.pt`` and ``masks_summary.csv``."""
