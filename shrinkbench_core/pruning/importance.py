@@ -27,13 +27,22 @@ _BUCKETS = 1 << 16
 
 
 class LazyImportances(Mapping[str, torch.Tensor]):
-    """``fn(param)`` for each parameter, computed on access and never stored."""
+    """``fn(param)`` for each parameter, computed on access and never stored.
+
+    ``elementwise=True`` promises that ``fn`` maps each entry independently
+    (like ``torch.abs``), which lets selections score a sample of entries
+    without scoring whole parameters.
+    """
 
     def __init__(
-        self, fn: Callable[[torch.Tensor], torch.Tensor], params: Mapping[str, torch.Tensor]
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        params: Mapping[str, torch.Tensor],
+        elementwise: bool = False,
     ):
         self._fn = fn
         self._params = params
+        self.elementwise = elementwise
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._fn(self._params[name])
@@ -49,12 +58,73 @@ class LazyImportances(Mapping[str, torch.Tensor]):
         param = self._params[name]
         return param.numel() if isinstance(param, torch.Tensor) else self[name].numel()
 
+    def sample(self, name: str, positions: torch.Tensor) -> torch.Tensor:
+        """Scores of the flattened ``positions`` of ``name`` (elementwise ``fn`` only)."""
+        flat = self._params[name].detach().reshape(-1)
+        return self._fn(flat[positions.to(flat.device)])
+
+
+class RankedImportances(Mapping[str, torch.Tensor]):
+    """Importances with the entries of already-zero weights ranked last (``-inf``).
+
+    Selecting from these keeps only nonzero weights, so the number of nonzero
+    weights after pruning is exactly the number kept. ``any_zero=False`` skips
+    the ranking when the caller knows no weight is zero.
+    """
+
+    def __init__(
+        self,
+        importances: Mapping[str, torch.Tensor],
+        params: Mapping[str, torch.Tensor],
+        any_zero: bool = True,
+    ):
+        self._importances = importances
+        self._params = params
+        self._any_zero = any_zero
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        scores = self._importances[name].detach()
+        fresh = isinstance(self._importances, LazyImportances)
+        scores = scores.float() if fresh or scores.dtype != torch.float32 else scores.clone()
+        if self._any_zero:
+            scores.masked_fill_(self._params[name] == 0, float("-inf"))
+        return scores
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._importances)
+
+    def __len__(self) -> int:
+        return len(self._importances)
+
+    def numel_of(self, name: str) -> int:
+        """Number of entries of ``name``."""
+        return self._params[name].numel()
+
+    @property
+    def elementwise(self) -> bool:
+        """Whether the wrapped importances can be sampled entry by entry."""
+        return bool(getattr(self._importances, "elementwise", False))
+
+    def sample(self, name: str, positions: torch.Tensor) -> torch.Tensor:
+        """Ranked scores of the flattened ``positions`` of ``name``."""
+        scores = self._importances.sample(name, positions).float()  # type: ignore[attr-defined]
+        if self._any_zero:
+            alive = self._params[name].reshape(-1)[positions.to(scores.device)] != 0
+            scores = torch.where(alive, scores, torch.tensor(float("-inf")))
+        return scores
+
 
 def map_importances(
-    fn: Callable[[torch.Tensor], torch.Tensor], params: Mapping[str, torch.Tensor]
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    params: Mapping[str, torch.Tensor],
+    elementwise: bool = False,
 ) -> LazyImportances:
-    """Apply ``fn`` (e.g. ``torch.abs``) to every parameter, lazily."""
-    return LazyImportances(fn, params)
+    """Apply ``fn`` (e.g. ``torch.abs``) to every parameter, lazily.
+
+    Pass ``elementwise=True`` when ``fn`` scores each entry on its own: the
+    global selection then samples entries instead of scoring whole tensors.
+    """
+    return LazyImportances(fn, params, elementwise)
 
 
 def flatten_importances(importances: Importances) -> torch.Tensor:
@@ -236,8 +306,13 @@ def _bracket(
         start, end = int(offsets[index]), int(offsets[index + 1])
         lo, hi = torch.searchsorted(positions, torch.tensor([start, end])).tolist()
         if hi > lo:
-            flat = importances[name].detach().reshape(-1)
-            samples.append(flat[(positions[lo:hi] - start).to(flat.device)].float().cpu())
+            local = positions[lo:hi] - start
+            if getattr(importances, "elementwise", False):
+                sample = importances.sample(name, local)  # type: ignore[attr-defined]
+                samples.append(sample.float().cpu())
+            else:
+                flat = importances[name].detach().reshape(-1)
+                samples.append(flat[local.to(flat.device)].float().cpu())
     values = torch.cat(samples).sort(descending=True).values
     rank = keep / total * _SAMPLE
     margin = 6 * math.sqrt(_SAMPLE * (keep / total) * (1 - keep / total)) + 64

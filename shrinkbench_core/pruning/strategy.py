@@ -20,7 +20,11 @@ from torch import nn
 
 from shrinkbench_core.errors import MaskError, UserError
 from shrinkbench_core.pruning.compression import Budget, compression_budget
-from shrinkbench_core.pruning.importance import LazyImportances, allocate_counts, top_count_masks
+from shrinkbench_core.pruning.importance import (
+    RankedImportances,
+    allocate_counts,
+    top_count_masks,
+)
 from shrinkbench_core.pruning.masks import Masks, apply_masks, validate_masks
 from shrinkbench_core.pruning.prunable import PrunableRule, prunable_parameters
 from shrinkbench_core.specs import NoParameters
@@ -144,13 +148,8 @@ class Strategy:
         result has exactly ``self.keep`` nonzero weights.
         """
         params = self.params()
-
-        def ranked(name: str) -> torch.Tensor:  # type: ignore[misc]
-            scores = importances[name].detach().to(torch.float32)
-            return torch.where(params[name] != 0, scores, torch.tensor(float("-inf")))
-
-        lazy = LazyImportances(ranked, {name: name for name in importances})  # fn gets the name
-        return top_count_masks(lazy, self.keep)
+        any_zero = self.budget.prunable_nonzero < self.budget.prunable
+        return top_count_masks(RankedImportances(importances, params, any_zero), self.keep)
 
     # -- the contract -------------------------------------------------------
     def model_masks(self) -> Masks:

@@ -11,7 +11,7 @@ class GlobalMagWeight(Strategy):
     """Keep the largest-magnitude weights across all prunable layers."""
 
     def model_masks(self) -> Masks:
-        return self.keep_top(map_importances(torch.abs, self.params()))
+        return self.keep_top(map_importances(torch.abs, self.params(), elementwise=True))
 
 
 class LayerMagWeight(LayerStrategy):
