@@ -130,6 +130,16 @@ def test_cache_file_is_used_when_valid_and_ignored_when_stale(tmp_path, monkeypa
 
 
 # -- every torchvision classifier --------------------------------------------------------------
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: these forward passes are tiny, and on a busy 2-core machine
+    OpenMP's spinning threads made them up to 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _size(name: str) -> int:
     return CATALOGUE[name]["probe_size"]
 
@@ -143,7 +153,7 @@ def _size(name: str) -> int:
         for name in sorted(CATALOGUE)
     ],
 )
-def test_every_torchvision_classifier_builds_with_its_classifier_found(name):
+def test_every_torchvision_classifier_builds_with_its_classifier_found(name, one_thread):
     """Built through the plugin's factory for 10 classes, then one training-mode forward pass.
 
     Initialisation is skipped and the weights zeroed (the values do not matter
