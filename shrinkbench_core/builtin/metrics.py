@@ -49,10 +49,10 @@ class LatencyParameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     batch_size: int | None = Field(
-        None, ge=1, description="Inputs per forward pass; default: the run's batch size."
+        8, ge=1, description="Inputs per forward pass (None: the run's evaluation batch size)."
     )
-    warmup: int = Field(5, ge=0, description="Untimed forward passes first.")
-    repeats: int = Field(20, ge=1, description="Timed forward passes.")
+    warmup: int = Field(3, ge=0, description="Untimed forward passes first.")
+    repeats: int = Field(10, ge=1, description="Timed forward passes.")
 
 
 class MemoryParameters(BaseModel):
