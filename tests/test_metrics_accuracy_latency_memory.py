@@ -175,8 +175,10 @@ def test_make_batch_repeats_the_first_example():
 def test_latency_metric_uses_the_requested_batch_size():
     model = Recorder()
     context = MetricContext(model=model, example_input=torch.randn(1, 6), device=CPU, batch_size=9)
-    result = latency_metric.compute(context, LatencyParameters(warmup=1, repeats=2))
+    params = LatencyParameters(batch_size=None, warmup=1, repeats=2)  # None: the run's batch size
+    result = latency_metric.compute(context, params)
     assert result["batch_size"] == 9 and {call[1] for call in model.log} == {9}
+    assert LatencyParameters().batch_size == 8
     result = latency_metric.compute(context, LatencyParameters(batch_size=2, warmup=0, repeats=1))
     assert result["batch_size"] == 2
     assert "measured_speedup" not in result
