@@ -340,7 +340,7 @@ def test_compute_wrappers_return_flat_json():
 
 def test_metric_specs_declare_units_and_forbid_unknown_options():
     specs = {spec.name: spec for spec in metric_specs()}
-    assert set(specs) == {"size", "flops", "accuracy", "latency", "memory"}
+    assert set(specs) == {"size", "flops", "accuracy", "latency", "memory", "structured"}
     assert specs["latency"].higher_is_better is False
     assert specs["accuracy"].higher_is_better is True
     for spec in specs.values():
