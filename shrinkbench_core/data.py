@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset
+
+
+def data_root(root: str | None) -> Path:
+    """The data folder: ``root``, else ``$SHRINKBENCH_DATA``, else ``./data``."""
+    return Path(root or os.environ.get("SHRINKBENCH_DATA") or "data").expanduser()
+
+
+class TransformedView(Dataset):
+    """The examples of ``base`` passed through ``transform`` (one load, many views)."""
+
+    def __init__(self, base: Dataset, transform: Callable[[Any], Any]) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.base[index]
+        return self.transform(image), label
 
 
 @dataclass

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 from torch.utils.data import TensorDataset
 
 from shrinkbench_core.builtin.catalogue import DigitsParameters, MnistParameters
-from shrinkbench_core.data import DataSplits, holdout_split, seeded_split_indices
+from shrinkbench_core.data import DataSplits, data_root, holdout_split, seeded_split_indices
 from shrinkbench_core.errors import DataMissingError
-
-
-def data_root(root: str | None) -> Path:
-    """The data root: the given one, else ``$SHRINKBENCH_DATA``, else ``./data``."""
-    return Path(root or os.environ.get("SHRINKBENCH_DATA") or "data").expanduser()
 
 
 def build_digits(params: DigitsParameters, *, seed: int) -> DataSplits:

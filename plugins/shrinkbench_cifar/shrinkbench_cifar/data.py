@@ -9,16 +9,13 @@ is ``validation_size`` training images held out with a seeded permutation.
 
 from __future__ import annotations
 
-import os
 import pickle
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
-from shrinkbench_core.data import DataSplits, holdout_split
+from shrinkbench_core.data import DataSplits, TransformedView, data_root, holdout_split
 from shrinkbench_core.errors import ConfigError, DataMissingError
 
 from .parameters import CifarDataParameters
@@ -63,26 +60,6 @@ class CIFAR10(_PresenceChecked, datasets.CIFAR10):
 
 class CIFAR100(_PresenceChecked, datasets.CIFAR100):
     """torchvision's CIFAR-100 that checks file presence, not checksums."""
-
-
-class TransformedView(Dataset):
-    """The examples of ``base`` passed through ``transform`` (shares the loaded data)."""
-
-    def __init__(self, base: Dataset, transform: Callable[[Any], Any]) -> None:
-        self.base = base
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image, label = self.base[index]
-        return self.transform(image), label
-
-
-def data_root(root: str | None) -> Path:
-    """The data folder: ``root``, else ``$SHRINKBENCH_DATA``, else ``./data``."""
-    return Path(root or os.environ.get("SHRINKBENCH_DATA") or "data").expanduser()
 
 
 def train_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> transforms.Compose:

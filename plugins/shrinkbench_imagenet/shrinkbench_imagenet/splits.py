@@ -2,44 +2,28 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
-from shrinkbench_core.data import DataSplits, holdout_split, seeded_split_indices
+from shrinkbench_core.data import (
+    DataSplits,
+    TransformedView,
+    data_root,
+    holdout_split,
+    seeded_split_indices,
+)
 from shrinkbench_core.errors import ConfigError
 
 from .parameters import ImageDataParameters
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 
-def data_root(root: str | None) -> Path:
-    """The data folder: ``root``, else ``$SHRINKBENCH_DATA``, else ``./data``."""
-    return Path(root or os.environ.get("SHRINKBENCH_DATA") or "data").expanduser()
-
-
 def candidate_roots(root: str | None, folder: str) -> list[Path]:
     """Where a dataset may be: the data folder itself, then its subfolder ``folder``."""
     base = data_root(root)
     return [base, base / folder]
-
-
-class TransformedView(Dataset):
-    """The examples of ``base`` passed through ``transform`` (one file scan, many views)."""
-
-    def __init__(self, base: Dataset, transform: Callable[[Any], Any]) -> None:
-        self.base = base
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image, label = self.base[index]
-        return self.transform(image), label
 
 
 def assemble_splits(
