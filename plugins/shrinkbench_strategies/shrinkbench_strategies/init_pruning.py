@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from shrinkbench_core.errors import UserError
-from shrinkbench_core.pruning import Masks, Strategy
+from shrinkbench_core.pruning import Masks, Strategy, top_count_masks
 from shrinkbench_core.pruning.strategy import Batch, compute_gradients, preserved_state
 from shrinkbench_strategies.params import GraspParameters, SnipParameters, SynFlowParameters
 
@@ -129,27 +129,6 @@ def synflow_keep_counts(start: int, keep: int, rounds: int, schedule: str) -> li
     return counts
 
 
-def flat_top_count_masks(ranks: dict[str, torch.Tensor], count: int) -> Masks:
-    """Keep exactly the ``count`` highest ``ranks``; ties at the threshold by position.
-
-    The same selection as :func:`top_count_masks` (parameter order, then
-    flattened index, breaks ties) through one flat copy and ``kthvalue``, which
-    is much faster for the many rounds of SynFlow.
-    """
-    flat = torch.cat([r.reshape(-1) for r in ranks.values()])
-    kept = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    if count > 0:
-        threshold = torch.kthvalue(flat, flat.numel() - count + 1).values
-        kept = flat > threshold
-        ties = (flat == threshold).nonzero().squeeze(1)[: count - int(kept.sum())]
-        kept[ties] = True
-    masks, start = {}, 0
-    for name, r in ranks.items():
-        masks[name] = kept[start : start + r.numel()].reshape(r.shape)
-        start += r.numel()
-    return masks
-
-
 def _ranking(scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
     """Order-preserving float32 ranks (log of the score); pruned entries rank last."""
     info = torch.finfo(torch.float32)
@@ -221,7 +200,7 @@ class SynFlow(Strategy):
         for count in counts:
             scores = self.flow_scores(linear, self.prunable, shape)
             ranks = {name: _ranking(s, named[name].detach() != 0) for name, s in scores.items()}
-            masks = flat_top_count_masks(ranks, count)
+            masks = top_count_masks(ranks, count)
             with torch.no_grad():
                 for name, mask in masks.items():
                     named[name].masked_fill_(~mask, 0)
