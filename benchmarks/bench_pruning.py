@@ -35,8 +35,9 @@ def ours(model: nn.Module) -> None:
     from shrinkbench_strategies.magnitude import GlobalMagWeight
 
     names = [f"{n}.weight" for n, _ in prunable_modules(model)]
-    total = sum(p.numel() for p in model.parameters())
-    prunable = sum(dict(model.named_parameters())[n].numel() for n in names)
+    params = dict(model.named_parameters())
+    total = sum(p.numel() for p in params.values())
+    prunable = sum(params[n].numel() for n in names)
     compression = total / (total - round(AMOUNT * prunable))
     GlobalMagWeight(model, min(compression, total / (total - prunable + 1)), prunable=names).apply()
 
@@ -138,7 +139,7 @@ def measure_finetune_step(steps: int, rounds: int) -> None:
     ours_model.load_state_dict(dense.state_dict())
     masks = GlobalMagWeight(ours_model, 4, classifier="fc").apply()
     ours_opt = sgd(ours_model)
-    hold_masks(ours_model, masks, ours_opt)
+    holder = hold_masks(ours_model, masks, ours_opt)
     torch_model = resnet18(num_classes=10)
     torch_model.load_state_dict(dense.state_dict())
     modules = dict(torch_model.named_modules())
@@ -152,10 +153,17 @@ def measure_finetune_step(steps: int, rounds: int) -> None:
     for model, opt in setups.values():
         step_times(model, opt, inputs, targets, 3)  # warm-up
     samples: dict[str, list[float]] = {k: [] for k in setups}
-    for _ in range(rounds):  # interleave to share any drift in machine load
-        for key, (model, opt) in setups.items():
+    keys = list(setups)
+    for round_index in range(rounds):  # interleaved, order rotated: drift hits all alike
+        for key in keys[round_index % 3 :] + keys[: round_index % 3]:
+            model, opt = setups[key]
             samples[key] += step_times(model, opt, inputs, targets, steps)
     med = {k: statistics.median(v) for k, v in samples.items()}
+    upkeep = []  # our whole per-step cost, timed on its own: the post-step re-zeroing
+    for _ in range(50):
+        start = time.perf_counter()
+        holder.reapply()
+        upkeep.append(time.perf_counter() - start)
     print(
         f"\n2) One fine-tuning step, resnet18 4x pruned, batch 128 at 32x32, SGD momentum+wd "
         f"(median of {rounds * steps} steps each, interleaved)"
@@ -169,14 +177,19 @@ def measure_finetune_step(steps: int, rounds: int) -> None:
         f"{'relative to dense':28}{1.0:>10.3f}{med['ours'] / med['dense']:>14.3f}"
         f"{med['torch'] / med['dense']:>24.3f}"
     )
+    print(
+        f"{'mask upkeep alone (ms)':28}{'':>10}{1000 * statistics.median(upkeep):>14.2f}"
+        f"{'(in fwd/bwd)':>24}"
+    )
+    print(f"{'upkeep / dense step':28}{'':>10}{statistics.median(upkeep) / med['dense']:>14.4f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", choices=["ours", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per method")
-    parser.add_argument("--steps", type=int, default=5, help="steps per round")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
+    parser.add_argument("--steps", type=int, default=3, help="steps per round")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds")
     args = parser.parse_args()
     if args.child:
         child(args.child)

@@ -350,3 +350,68 @@ def test_masked_weights_stay_exactly_zero_through_training(optimizer):
     plain = small_cnn()
     plain.load_state_dict(model.state_dict())  # a plain state_dict loads into an unpruned model
     assert set(model.state_dict()) == set(plain.state_dict())
+
+
+# -- the selection engine itself ---------------------------------------------------
+def reference_selection(scores: dict[str, torch.Tensor], keep: int) -> dict[str, torch.Tensor]:
+    """Full stable sort; NaN ranks last and -0.0 ties with 0.0 (as documented)."""
+    cleaned = {
+        name: torch.nan_to_num(s.float(), nan=float("-inf"), posinf=float("inf")) + 0.0
+        for name, s in scores.items()
+    }
+    return reference_global(cleaned, keep)
+
+
+@pytest.mark.parametrize("keep_share", [0.001, 0.25, 0.5, 0.97])
+def test_selection_equals_a_full_sort_on_large_tensors_with_ties_nan_and_signed_zeros(keep_share):
+    from shrinkbench_core.pruning.importance import _SAMPLE, top_count_masks
+
+    generator = torch.Generator().manual_seed(5)
+    coarse = torch.randint(-50, 50, (700, 600), generator=generator).float() / 10  # many ties
+    fine = torch.randn(300_001, generator=generator)
+    fine[::7] = -0.0
+    fine[1::7] = 0.0
+    fine[2::1001] = float("nan")
+    scores = {"coarse": coarse, "fine": fine, "tiny": torch.tensor([3.0, -0.0])}
+    total = sum(s.numel() for s in scores.values())
+    assert total > 2 * _SAMPLE  # the sampled bracket is used, not the small-input path
+    keep = round(keep_share * total)
+    masks = top_count_masks(scores, keep)
+    assert masks_equal(masks, reference_selection(scores, keep))
+    assert sum(int(m.sum()) for m in masks.values()) == keep
+
+
+def test_ranking_zeros_never_modifies_the_callers_importances():
+    from shrinkbench_core.pruning.importance import RankedImportances, top_count_masks
+
+    generator = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(400, 1000, generator=generator)}
+    params["w"][:, :100] = 0
+    scores = {"w": params["w"].abs() + 1}  # zeros score high: ranking must demote them
+    before = scores["w"].clone()
+    masks = top_count_masks(RankedImportances(scores, params, {"w"}), 50_000)
+    assert torch.equal(scores["w"], before)
+    assert not masks["w"][:, :100].any() and int(masks["w"].sum()) == 50_000
+
+
+def test_masks_from_one_selection_are_independent_when_saved(tmp_path):
+    model = mlp()
+    masks = GlobalMagWeight(model, 8, classifier="5").compute_masks()
+    save_masks({"1.weight": masks["1.weight"]}, tmp_path / "one.pt")
+    assert (tmp_path / "one.pt").stat().st_size < masks["1.weight"].numel() + 4096
+    loaded = load_masks(tmp_path / "one.pt")
+    assert torch.equal(loaded["1.weight"], masks["1.weight"])
+
+
+def test_non_contiguous_parameters_are_masked_and_held():
+    layer = nn.Linear(6, 4)
+    layer.weight = nn.Parameter(torch.randn(6, 4).t())  # a transposed (non-contiguous) weight
+    assert not layer.weight.is_contiguous()
+    mask = torch.rand(4, 6, generator=torch.Generator().manual_seed(0)) > 0.5
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+    hold_masks(layer, {"weight": mask}, optimizer)
+    for _ in range(3):
+        optimizer.zero_grad()
+        layer(torch.randn(5, 6)).sum().backward()
+        optimizer.step()
+    assert (layer.weight[~mask] == 0).all() and (layer.weight[mask] != 0).all()

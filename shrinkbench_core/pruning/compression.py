@@ -25,6 +25,7 @@ class Budget:
     fixed_nonzero: int  # nonzero parameters outside the prunable set
     prunable_nonzero: int  # nonzero prunable parameters now
     keep: int  # prunable weights to keep
+    with_zeros: frozenset[str] = frozenset()  # prunable parameters holding zeros already
 
     @property
     def fraction(self) -> float:
@@ -59,7 +60,9 @@ def compression_budget(model: nn.Module, prunable: list[str], compression: float
     total = sum(p.numel() for p in params.values())
     prunable_total = sum(params[n].numel() for n in prunable)
     fixed_nonzero = count_nonzero(p.detach() for n, p in params.items() if n not in prunable_set)
-    prunable_nonzero = count_nonzero(params[n].detach() for n in prunable)
+    nonzero = {n: int(torch.count_nonzero(params[n].detach())) for n in prunable}
+    prunable_nonzero = sum(nonzero.values())
+    with_zeros = frozenset(n for n in prunable if nonzero[n] < params[n].numel())
     if prunable_total == 0:
         raise CompressionError("the model has no prunable parameters under the current rule")
     target_nonzero = round(total / compression)
@@ -76,7 +79,9 @@ def compression_budget(model: nn.Module, prunable: list[str], compression: float
             f"compression {compression:g} is below the model's current compression "
             f"{current:.4g}; pruning cannot add weights back."
         )
-    return Budget(compression, total, prunable_total, fixed_nonzero, prunable_nonzero, keep)
+    return Budget(
+        compression, total, prunable_total, fixed_nonzero, prunable_nonzero, keep, with_zeros
+    )
 
 
 def fraction_to_keep(compression: float, model: nn.Module, prunable: list[str]) -> float:

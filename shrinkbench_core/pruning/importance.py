@@ -6,15 +6,19 @@ number of entries: entries above the threshold are kept, and ties at the
 threshold are broken by position (parameter order, then flattened index), so
 results never depend on how many values happen to equal the threshold.
 
-Global selection is a two-pass radix select over the float bit patterns,
-processed in chunks, so it never materializes a flat copy of all importances
-(extra memory is about one byte per weight: the masks themselves).
+Global selection (:func:`top_count_masks`) brackets the threshold with a
+seeded stratified sample, then scans the importances one piece at a time:
+everything above the bracket goes straight into the masks and the few values
+inside it are settled by an exact sort. Elementwise scores (like ``torch.abs``)
+are computed piece by piece into a reused buffer, so extra memory is about one
+byte per weight: the masks themselves. :func:`count_threshold` is the exact
+radix select over float bit patterns for callers that want the threshold.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +28,9 @@ Masks = dict[str, torch.Tensor]
 
 _CHUNK = 1 << 20  # elements processed at a time by the global selection
 _BUCKETS = 1 << 16
+_SAMPLE = 1 << 18  # importances sampled to bracket the threshold
+_SCAN_CHUNK = 1 << 18  # entries scored at a time by the selection scan
+_OUT_CAPABLE = {torch.abs, torch.square, torch.neg, torch.exp, torch.log1p}
 
 
 class LazyImportances(Mapping[str, torch.Tensor]):
@@ -43,6 +50,9 @@ class LazyImportances(Mapping[str, torch.Tensor]):
         self._fn = fn
         self._params = params
         self.elementwise = elementwise
+        # torch's own elementwise functions can write into a reused buffer
+        self._writes_out = elementwise and fn in _OUT_CAPABLE
+        self._scratch: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._fn(self._params[name])
@@ -63,30 +73,83 @@ class LazyImportances(Mapping[str, torch.Tensor]):
         flat = self._params[name].detach().reshape(-1)
         return self._fn(flat[positions.to(flat.device)])
 
+    def shape_of(self, name: str) -> torch.Size:
+        """Shape of the scores of ``name`` (that of the parameter)."""
+        return self._params[name].shape
+
+    def score_pieces(self, name: str) -> Iterator[tuple[int, torch.Tensor, bool]]:
+        """``(offset, float32 scores, owned)`` of slices of the flattened parameter.
+
+        An elementwise ``fn`` is applied slice by slice, so no more than one
+        slice of scores exists at a time. ``owned`` scores share no memory with
+        the parameter (the caller may modify them until it asks for the next).
+        """
+        param = self._params[name].detach()
+        if not self.elementwise:
+            flat = self[name].detach().reshape(-1)
+            owned = not _shares_memory(flat, param)
+            for start in range(0, flat.numel(), _SCAN_CHUNK):
+                piece = flat[start : start + _SCAN_CHUNK]
+                yield start, piece.float(), owned or piece.dtype != torch.float32
+            return
+        flat = param.reshape(-1)
+        for start in range(0, flat.numel(), _SCAN_CHUNK):
+            piece = flat[start : start + _SCAN_CHUNK]
+            if self._writes_out and piece.dtype == torch.float32:
+                buffer = _scratch(self._scratch, torch.float32, piece.device)
+                yield start, self._fn(piece, out=buffer[: piece.numel()]), True
+            else:
+                scores = self._fn(piece).float()
+                yield start, scores, not _shares_memory(scores, param)
+
+
+def _scratch(
+    cache: dict[tuple[torch.dtype, torch.device], torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
+    """A reusable piece-sized buffer: allocating one per piece or per parameter
+    fragments the heap (small long-lived allocations land in the freed holes)."""
+    key = (dtype, device)
+    if key not in cache:
+        cache[key] = torch.empty(_SCAN_CHUNK, dtype=dtype, device=device)
+    return cache[key]
+
+
+def _shares_memory(first: torch.Tensor, second: torch.Tensor) -> bool:
+    return first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
+
 
 class RankedImportances(Mapping[str, torch.Tensor]):
     """Importances with the entries of already-zero weights ranked last (``-inf``).
 
     Selecting from these keeps only nonzero weights, so the number of nonzero
     weights after pruning is exactly the number kept. ``any_zero=False`` skips
-    the ranking when the caller knows no weight is zero.
+    the ranking when the caller knows no weight is zero; a collection of names
+    limits it to those parameters.
     """
 
     def __init__(
         self,
         importances: Mapping[str, torch.Tensor],
         params: Mapping[str, torch.Tensor],
-        any_zero: bool = True,
+        any_zero: bool | Collection[str] = True,
     ):
         self._importances = importances
         self._params = params
         self._any_zero = any_zero
+        self._scratch: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def _ranks(self, name: str) -> bool:
+        if isinstance(self._any_zero, bool):
+            return self._any_zero
+        return name in self._any_zero
 
     def __getitem__(self, name: str) -> torch.Tensor:
         scores = self._importances[name].detach()
         fresh = isinstance(self._importances, LazyImportances)
         scores = scores.float() if fresh or scores.dtype != torch.float32 else scores.clone()
-        if self._any_zero:
+        if self._ranks(name):
             scores.masked_fill_(self._params[name] == 0, float("-inf"))
         return scores
 
@@ -108,10 +171,29 @@ class RankedImportances(Mapping[str, torch.Tensor]):
     def sample(self, name: str, positions: torch.Tensor) -> torch.Tensor:
         """Ranked scores of the flattened ``positions`` of ``name``."""
         scores = self._importances.sample(name, positions).float()  # type: ignore[attr-defined]
-        if self._any_zero:
+        if self._ranks(name):
             alive = self._params[name].reshape(-1)[positions.to(scores.device)] != 0
             scores = torch.where(alive, scores, torch.tensor(float("-inf")))
         return scores
+
+    def shape_of(self, name: str) -> torch.Size:
+        """Shape of the scores of ``name`` (that of the parameter)."""
+        return self._params[name].shape
+
+    def score_pieces(self, name: str) -> Iterator[tuple[int, torch.Tensor, bool]]:
+        """Ranked ``(offset, float32 scores, owned)`` slices of ``name``'s importances."""
+        flat_param = self._params[name].detach().reshape(-1)
+        ranks = self._ranks(name)
+        for start, scores, owned in _score_pieces(self._importances, name):
+            if ranks:
+                size = scores.numel()
+                dead = _scratch(self._scratch, torch.bool, scores.device)
+                is_dead = torch.eq(flat_param[start : start + size], 0, out=dead[:size])
+                if owned:
+                    scores.masked_fill_(is_dead, float("-inf"))
+                else:
+                    scores, owned = scores.masked_fill(is_dead, float("-inf")), True
+            yield start, scores, owned
 
 
 def map_importances(
@@ -261,17 +343,38 @@ def _numel(importances: Importances, name: str) -> int:
     return importances[name].numel()
 
 
-_SAMPLE = 1 << 18  # importances sampled to bracket the threshold
+def score_chunks(importances: Importances, name: str) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(offset, scores)`` pieces of the flattened float32 importances of ``name``.
+
+    Mappings that can score a slice of a parameter on its own (an elementwise
+    :class:`LazyImportances`, or :class:`RankedImportances` around one) provide
+    ``score_pieces`` themselves and never hold more than one piece of scores.
+    A piece may be a reused buffer: use it before asking for the next.
+    """
+    for start, scores, _ in _score_pieces(importances, name):
+        yield start, scores
+
+
+def _score_pieces(importances: Importances, name: str) -> Iterator[tuple[int, torch.Tensor, bool]]:
+    """Like :func:`score_chunks`, with whether each piece is the caller's to modify."""
+    own = getattr(importances, "score_pieces", None)
+    if own is not None:
+        yield from own(name)
+        return
+    flat = importances[name].detach().reshape(-1)
+    for start in range(0, flat.numel(), _SCAN_CHUNK):
+        piece = flat[start : start + _SCAN_CHUNK]
+        yield start, piece.float(), piece.dtype != torch.float32
 
 
 def top_count_masks(importances: Importances, keep: int) -> Masks:
     """Keep exactly the ``keep`` most important values across ``importances``.
 
     Ties are broken by position (parameter order, then flattened index), exactly
-    as a stable descending sort of all values would. A seeded random sample
-    brackets the threshold, one pass keeps everything above the bracket and
-    collects the few values inside it, and those are sorted exactly. Extra
-    memory: the masks plus one parameter's scores at a time.
+    as a stable descending sort of all values would. A seeded stratified sample
+    brackets the threshold; one scan, a piece at a time, keeps everything above
+    the bracket and collects the few values inside it, and a selection among
+    those settles the rest. Extra memory: the masks plus one piece of scores.
     """
     names = list(importances)
     sizes = [_numel(importances, name) for name in names]
@@ -291,36 +394,54 @@ def top_count_masks(importances: Importances, keep: int) -> Masks:
     return masks
 
 
+def _sample_positions(size: int, stride: int, generator: torch.Generator) -> torch.Tensor:
+    """One uniformly drawn position in each stride-long stratum of ``range(size)``, sorted."""
+    strata = torch.arange(0, size, stride)
+    positions = strata + torch.randint(0, stride, (strata.numel(),), generator=generator)
+    return positions[positions < size]
+
+
 def _bracket(
     importances: Importances, names: list[str], sizes: list[int], keep: int
 ) -> tuple[float, float]:
-    """Values that surely bracket the ``keep``-th largest, from a seeded sample."""
+    """Values that surely bracket the ``keep``-th largest, from a seeded stratified sample."""
     total = sum(sizes)
     if total <= _SAMPLE:
         return float("-inf"), float("inf")
     generator = torch.Generator().manual_seed(0)
-    positions = torch.randint(0, total, (_SAMPLE,), generator=generator).sort().values
-    offsets = torch.tensor([0, *sizes]).cumsum(0)
+    stride = total // _SAMPLE
     samples = []
-    for index, name in enumerate(names):
-        start, end = int(offsets[index]), int(offsets[index + 1])
-        lo, hi = torch.searchsorted(positions, torch.tensor([start, end])).tolist()
-        if hi > lo:
-            local = positions[lo:hi] - start
-            if getattr(importances, "elementwise", False):
-                sample = importances.sample(name, local)  # type: ignore[attr-defined]
-                samples.append(sample.float().cpu())
-            else:
-                flat = importances[name].detach().reshape(-1)
-                samples.append(flat[local.to(flat.device)].float().cpu())
-    values = torch.cat(samples).sort(descending=True).values
-    rank = keep / total * _SAMPLE
-    margin = 6 * math.sqrt(_SAMPLE * (keep / total) * (1 - keep / total)) + 64
-    upper = int(rank - margin)
-    lower = int(rank + margin)
-    high = float(values[upper]) if upper >= 0 else float("inf")
-    low = float(values[lower]) if lower < _SAMPLE else float("-inf")
+    for name, size in zip(names, sizes, strict=True):
+        local = _sample_positions(size, stride, generator)
+        if not local.numel():
+            continue
+        if getattr(importances, "elementwise", False):
+            sample = importances.sample(name, local)  # type: ignore[attr-defined]
+        else:
+            flat = importances[name].detach().reshape(-1)
+            sample = flat[local.to(flat.device)]
+        samples.append(sample.float().cpu())
+    # integer keys sort in the float order, and torch sorts int32 by radix (fast)
+    descending = _descending_order(torch.cat(samples)).values
+    count = descending.numel()
+    share = keep / total
+    rank = share * count  # descending rank of the threshold within the sample
+    margin = 6 * math.sqrt(count * share * (1 - share)) + 64
+    upper, lower = int(rank - margin), int(rank + margin)
+    high = _key_to_float(~int(descending[upper])) if upper >= 0 else float("inf")
+    low = _key_to_float(~int(descending[lower])) if lower < count else float("-inf")
     return low, high
+
+
+def _descending_order(values: torch.Tensor) -> torch.return_types.sort:
+    """Stable sort of ``values`` (float) from largest to smallest, NaN as the smallest.
+
+    Sorts the bitwise complement of the order-preserving int32 keys ascending,
+    which torch does by radix sort, about 8x faster than a float sort.
+    """
+    values = torch.nan_to_num(values.float(), nan=float("-inf"), posinf=float("inf"))
+    values = values + 0.0  # -0.0 becomes 0.0: equal floats must tie
+    return torch.sort(~_sortable_keys(values), stable=True)
 
 
 def _split(
@@ -328,33 +449,65 @@ def _split(
 ) -> tuple[Masks, int, list[tuple[str, torch.Tensor, torch.Tensor]]]:
     """Masks of values above ``high``, and (name, positions, values) of those in [low, high]."""
     masks: Masks = {}
-    kept = torch.zeros((), dtype=torch.int64)
+    kept = 0
     candidates = []
+    scratch: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+    pool = _MaskPool(sum(_numel(importances, name) for name in names))
     for name in names:
-        scores = importances[name].detach()
-        mask = scores > high
-        masks[name] = mask
-        kept = kept + mask.sum().cpu()
-        if low == float("-inf"):
-            inside = ~mask
-        else:
-            inside = scores >= low
-            inside &= scores <= high
-        positions = inside.reshape(-1).nonzero().squeeze(1)
-        if positions.numel():
-            candidates.append((name, positions, scores.reshape(-1)[positions].float()))
-    return masks, int(kept), candidates
+        mask: torch.Tensor | None = None
+        shape = _shape(importances, name)
+        for start, scores, _ in _score_pieces(importances, name):
+            if mask is None:
+                mask = pool.take(shape, scores.device)
+            size = scores.numel()
+            above = torch.gt(scores, high, out=mask.view(-1)[start : start + size])
+            kept += int(torch.count_nonzero(above))
+            inside = _scratch(scratch, torch.bool, scores.device)[:size]
+            if low == float("-inf"):
+                torch.logical_not(above, out=inside)
+            else:
+                torch.ge(scores, low, out=inside)
+                inside ^= above  # above the bracket implies at least ``low``
+            positions = inside.nonzero().squeeze(1)
+            if positions.numel():
+                candidates.append((name, positions + start, scores[positions]))
+        masks[name] = mask if mask is not None else torch.zeros(shape, dtype=torch.bool)
+    return masks, kept, candidates
+
+
+class _MaskPool:
+    """Bool masks carved out of one allocation (per device): no heap fragmentation."""
+
+    def __init__(self, total: int) -> None:
+        self._total = total
+        self._buffers: dict[torch.device, torch.Tensor] = {}
+        self._used: dict[torch.device, int] = {}
+
+    def take(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """An uninitialized bool tensor of ``shape`` on ``device``."""
+        if device not in self._buffers:
+            self._buffers[device] = torch.empty(self._total, dtype=torch.bool, device=device)
+            self._used[device] = 0
+        start = self._used[device]
+        size = math.prod(shape)
+        self._used[device] = start + size
+        return self._buffers[device][start : start + size].view(shape)
+
+
+def _shape(importances: Importances, name: str) -> torch.Size:
+    shape_of = getattr(importances, "shape_of", None)
+    return shape_of(name) if shape_of is not None else importances[name].shape
 
 
 def _keep_candidates(
     masks: Masks, candidates: list[tuple[str, torch.Tensor, torch.Tensor]], count: int
 ) -> None:
-    """Keep the ``count`` best candidates (value descending, then position)."""
+    """Keep the ``count`` best candidates (value descending, then position; NaN last)."""
     if count <= 0 or not candidates:
         return
     values = torch.cat([c[2].cpu() for c in candidates])
     chosen = torch.zeros(values.numel(), dtype=torch.bool)
-    chosen[torch.sort(values, descending=True, stable=True).indices[:count]] = True
+    chosen[_descending_order(values).indices[:count]] = True
     start = 0
     for name, positions, _ in candidates:
         picked = chosen[start : start + len(positions)].to(positions.device)

@@ -50,15 +50,38 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     validate_masks(model, masks)
     params = dict(model.named_parameters())
     for name, mask in masks.items():
-        param = params[name]
-        param.masked_fill_(~mask.to(param.device), 0)
+        for piece, keep in _mask_pieces(params[name], mask):
+            piece.mul_(keep)
+
+
+_PIECE = 1 << 18  # entries per in-place multiplication
+
+
+def _mask_pieces(
+    param: torch.Tensor, mask: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(weights, mask bytes)`` slices such that ``weights.mul_(bytes)`` zeroes the pruned ones.
+
+    The bytes are a free view of the bool mask. Multiplying by them is several
+    times faster on CPU than ``masked_fill_`` or multiplying by the bool tensor,
+    and slicing bounds the float copy of the mask that torch makes to 1 MiB.
+    """
+    keep = mask.to(param.device).view(torch.uint8)
+    data = param.detach()
+    if not data.is_contiguous():
+        return [(data, keep)]
+    flat, flat_keep = data.view(-1), keep.reshape(-1)
+    return [
+        (flat[start : start + _PIECE], flat_keep[start : start + _PIECE])
+        for start in range(0, flat.numel(), _PIECE)
+    ]
 
 
 class MaskHolder:
     """Keeps pruned weights at exactly zero after every optimizer step.
 
-    Registered as an optimizer step post-hook: one in-place ``masked_fill_`` per
-    masked parameter per step, nothing on the forward or backward pass. Call
+    Registered as an optimizer step post-hook: one in-place multiplication by the
+    bool mask per masked parameter per step, nothing on the forward or backward pass. Call
     :meth:`remove` to stop holding.
     """
 
@@ -68,18 +91,19 @@ class MaskHolder:
         validate_masks(model, masks)
         params = dict(model.named_parameters())
         self._pairs = [
-            (params[name], (~mask).to(params[name].device))
+            pair
             for name, mask in masks.items()
             if not bool(mask.all())
+            for pair in _mask_pieces(params[name], mask)
         ]
         self.reapply()
         self._handle = optimizer.register_step_post_hook(lambda *_: self.reapply())
 
     @torch.no_grad()
     def reapply(self) -> None:
-        """Zero the pruned entries again."""
-        for param, pruned in self._pairs:
-            param.masked_fill_(pruned, 0)
+        """Zero the pruned entries again (see :func:`_mask_pieces`)."""
+        for piece, keep in self._pairs:
+            piece.mul_(keep)
 
     def remove(self) -> None:
         """Stop re-zeroing after steps."""
@@ -103,7 +127,15 @@ def save_masks(masks: Mapping[str, torch.Tensor], path: str | Path) -> None:
     """Save masks to ``path`` (a torch file of bool tensors), atomically."""
     from shrinkbench_core.experiment.atomic import atomic_torch_save
 
-    atomic_torch_save({name: mask.detach().cpu().bool() for name, mask in masks.items()}, path)
+    atomic_torch_save(
+        {name: _own_storage(mask.detach().cpu().bool()) for name, mask in masks.items()}, path
+    )
+
+
+def _own_storage(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` itself, or a copy when it is a view into a larger buffer (torch would
+    save the whole buffer with it)."""
+    return mask if mask.untyped_storage().nbytes() == mask.numel() else mask.clone()
 
 
 def load_masks(path: str | Path, model: nn.Module | None = None) -> Masks:

@@ -147,9 +147,8 @@ class Strategy:
         Weights that are already zero are ranked below everything else, so the
         result has exactly ``self.keep`` nonzero weights.
         """
-        params = self.params()
-        any_zero = self.budget.prunable_nonzero < self.budget.prunable
-        return top_count_masks(RankedImportances(importances, params, any_zero), self.keep)
+        ranked = RankedImportances(importances, self.params(), self.budget.with_zeros)
+        return top_count_masks(ranked, self.keep)
 
     # -- the contract -------------------------------------------------------
     def model_masks(self) -> Masks:
