@@ -3,10 +3,10 @@
 Run: python benchmarks/bench_shrink.py [--repeats N] [--batch N] [--threads N] [--size PX]
 
 For torchvision resnet18 (ImageNet input, ``--size`` pixels) and the CIFAR resnet56
-(32x32), tied channels are pruned by lowest L1 norm, the same fraction of the
-removable channels in every channel group (each group keeping a multiple of
-``--round-to`` channels), with the fraction chosen (bisection) so that the
-parameter compression (all / remaining) reaches 2x and 4x. For each
+(32x32), tied channels are pruned by lowest L1 norm in steps of ``--round-to``
+channels of one channel group (so each group keeps a multiple of that many), the
+group with the smallest pruned share first, taking the fewest steps (bisection)
+that reach a parameter compression (all / remaining) of 2x and 4x. For each
 setting the script prints, side by side:
 
 * theoretical speedup: dense MACs / MACs of nonzero weights of the masked model;
@@ -14,12 +14,13 @@ setting the script prints, side by side:
 * measured speedup of the shrunk model (channels physically removed);
 * shrunk / theoretical, against the target of at least 0.7 at batch 32.
 
-Latencies are the minimum (or, with ``--statistic median``, the median) of
-``--repeats`` forward passes in eval mode under ``torch.no_grad``, the three models
-timed in turns so that load changes hit them alike; the minimum is the best estimate
-of the uncontended time on a shared machine. ``--clock cpu`` times this process's CPU
-time instead of wall time: with ``--threads 1`` that is the latency on a core of its
-own, unaffected by other processes waiting for the CPU. The load average is printed.
+Latencies are the minimum (or, with ``--statistic median``, the median) of at
+least ``--repeats`` forward passes (more for fast models, see ``--seconds``) in
+eval mode under ``torch.no_grad``, the three models timed in turns so that load
+changes hit them alike; the minimum is the best estimate of the uncontended time
+on a shared machine. ``--clock cpu`` times this process's CPU time instead of wall
+time: with ``--threads 1`` that is the latency on a core of its own, unaffected by
+other processes waiting for the CPU. The load average is printed.
 """
 
 from __future__ import annotations
@@ -46,25 +47,40 @@ from shrinkbench_core.pruning.structured import (
 TARGET_RATIO = 0.7
 
 
-def channel_masks(
-    model: nn.Module, groups: list[ChannelGroup], fraction: float, round_to: int
-) -> dict:
-    """Remove ``fraction`` of the removable tied channels of every group, lowest L1 first.
+def removal_steps(groups: list[ChannelGroup], round_to: int) -> list[tuple[int, int]]:
+    """``(group, channels removed)`` steps, fewest removed (as a share of the group) first.
 
-    Each group keeps a multiple of ``round_to`` channels (where it has that many):
-    convolution kernels run at full speed only on such channel counts.
+    Each step removes ``round_to`` more channels of one group (or, in groups smaller
+    than that, one channel), so every group keeps a multiple of ``round_to`` channels
+    (where it has that many): convolution kernels run at full speed only on such
+    counts. Every group keeps at least one block. Taking a prefix of the steps
+    prunes every group by about the same share, with the share growing in small
+    increments, so a target compression is reached closely.
     """
+    steps = []
+    for index, group in enumerate(groups):
+        removable = len(group.removable)
+        block = round_to if group.size >= 2 * round_to else 1
+        most = min(removable, group.size - block) if block > 1 else removable - 1
+        if block > 1:
+            most -= (group.size - most) % block  # keep a multiple of the block
+        for removed in range(block, most + 1, block):
+            steps.append((removed / group.size, -group.size, index, removed))
+    steps.sort()
+    return [(index, removed) for _, _, index, removed in steps]
+
+
+def channel_masks(
+    model: nn.Module, groups: list[ChannelGroup], steps: list[tuple[int, int]]
+) -> dict:
+    """Masks removing, in each group, its lowest-L1 removable channels as ``steps`` say."""
+    removed = {index: count for index, count in steps}  # later steps of a group remove more
     chosen = []
-    for group in groups:
-        removable = group.removable
-        keep = group.size - round(fraction * len(removable))
-        if group.size >= round_to:
-            keep = min(group.size, math.ceil(keep / round_to) * round_to)
-        count = min(group.size - keep, len(removable) - 1)
-        if count <= 0:
-            continue
-        norms = channel_norms(model, group)[removable]
-        chosen += [group.channels[removable[i]] for i in torch.argsort(norms)[:count].tolist()]
+    for index, count in removed.items():
+        group = groups[index]
+        norms = channel_norms(model, group)[group.removable]
+        order = torch.argsort(norms)[:count].tolist()
+        chosen += [group.channels[group.removable[i]] for i in order]
     return mask_channels(model, chosen)
 
 
@@ -76,18 +92,24 @@ def remaining_parameters(model: nn.Module, analysis: ChannelAnalysis, masks: dic
 
 
 def masks_for_compression(
-    model: nn.Module, analysis: ChannelAnalysis, compression: float, round_to: int
+    model: nn.Module,
+    analysis: ChannelAnalysis,
+    compression: float,
+    round_to: int,
 ) -> tuple[dict, float]:
-    """Channel masks reaching ``compression`` (bisection on the pruned fraction)."""
+    """Channel masks reaching ``compression``: the shortest prefix of the removal steps."""
     total = sum(p.numel() for p in model.parameters())
     groups = analysis.groups()
-    low, high = 0.0, 1.0
-    for _ in range(10):
-        middle = (low + high) / 2
-        masks = channel_masks(model, groups, middle, round_to)
-        kept = remaining_parameters(model, analysis, masks)
-        low, high = (low, middle) if total / kept >= compression else (middle, high)
-    return channel_masks(model, groups, high, round_to), high
+    steps = removal_steps(groups, round_to)
+    low, high = 0, len(steps)  # bisection on the number of steps taken
+    while low < high:
+        middle = (low + high) // 2
+        kept = remaining_parameters(model, analysis, channel_masks(model, groups, steps[:middle]))
+        low, high = (low, middle) if total / kept >= compression else (middle + 1, high)
+    taken = steps[:high]
+    removed = dict(taken)
+    share = sum(removed.values()) / sum(len(g.removable) for g in groups)
+    return channel_masks(model, groups, taken), share
 
 
 def build(name: str, size: int) -> tuple[nn.Module, tuple[int, int, int]]:
@@ -100,7 +122,14 @@ def build(name: str, size: int) -> tuple[nn.Module, tuple[int, int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=10,
+        help="timed runs per model, at least; more for fast models so that each model is "
+        "timed for about --seconds (a short window can miss the machine's quiet moments)",
+    )
+    parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--statistic", choices=["min", "median"], default="min")
     parser.add_argument(
         "--clock",
@@ -124,7 +153,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{args.threads} threads, batch {args.batch}, {args.statistic} {args.clock} time of "
-        f"{args.repeats} runs, "
+        f">= {args.repeats} runs (>= {args.seconds:g} s per model), "
         f"channels kept in multiples of {args.round_to}, "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
@@ -141,6 +170,11 @@ def main() -> None:
         example = torch.randn(1, *shape)
         batch = torch.randn(args.batch, *shape)
         analysis = analyze_channels(model, example)
+        with torch.no_grad():
+            model(batch)  # warm-up, then one timed pass to size the number of repeats
+            start = time.perf_counter()
+            model(batch)
+            repeats = max(args.repeats, math.ceil(args.seconds / (time.perf_counter() - start)))
         for compression in args.compressions:
             start = time.perf_counter()
             masks, fraction = masks_for_compression(model, analysis, compression, args.round_to)
@@ -149,7 +183,7 @@ def main() -> None:
                 model,
                 masks,
                 batch,
-                repeats=args.repeats,
+                repeats=repeats,
                 warmup=args.warmup,
                 shrunk=result,
                 statistic=args.statistic,
@@ -163,7 +197,7 @@ def main() -> None:
                 f"{ratio:13.2f} {1e3 * report['dense_latency_s']:9.1f} "
                 f"{1e3 * report['shrunk_latency_s']:9.1f}  "
                 f"{'met' if ratio >= TARGET_RATIO else 'NOT met'} "
-                f"(pruned {fraction:.0%} of removable channels, "
+                f"(pruned {fraction:.0%} of removable channels, {repeats} runs, "
                 f"{time.perf_counter() - start:.0f}s)",
                 flush=True,
             )
