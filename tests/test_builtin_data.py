@@ -82,3 +82,31 @@ def test_mnist_lenet5_run_from_real_idx_files(tmp_path):
     assert metrics["finetuned"]["accuracy"]["test_examples"] == 100
     assert metrics["finetuned"]["accuracy"]["validation_examples"] == 50
     assert abs(metrics["finetuned"]["size"]["compression_ratio"] - 4) < 1e-3
+
+
+def test_digits_read_directly_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    from shrinkbench_core.builtin.datasets import load_digits_tensors
+
+    images, labels = load_digits_tensors()
+    bunch = load_digits()
+    assert torch.equal(images, torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16)
+    assert torch.equal(labels, torch.tensor(bunch.target, dtype=torch.long))
+
+
+def test_a_digits_run_imports_neither_scikit_learn_nor_torchvision(tmp_path):
+    """Every sweep worker pays these imports (seconds each) for its first run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from shrinkbench_core.cli import main\n"
+        f"code = main(['run', '--output', r'{tmp_path}', '-p', 'dense.epochs=1',"
+        " '-p', 'finetune.epochs=1', '--quiet'])\n"
+        "heavy = [m for m in ('sklearn', 'torchvision') if m in sys.modules]\n"
+        "print('HEAVY', heavy, code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "HEAVY [] 0" in out.stdout, out.stdout + out.stderr

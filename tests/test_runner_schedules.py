@@ -12,8 +12,9 @@ from shrinkbench_strategies.wanda import Wanda
 from shrinkbench_core.cli import run_main
 from shrinkbench_core.config import ExperimentConfig, build_config, config_digest
 from shrinkbench_core.experiment import runner
+from shrinkbench_core.experiment.naming import run_name
 from shrinkbench_core.experiment.resolve import resolve_config
-from shrinkbench_core.experiment.runner import Experiment, run_name
+from shrinkbench_core.experiment.runner import Experiment
 from shrinkbench_core.experiment.schedules import (
     agp_pruning_steps,
     agp_sparsity,

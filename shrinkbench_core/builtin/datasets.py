@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
@@ -10,17 +14,35 @@ from shrinkbench_core.data import DataSplits, data_root, holdout_split, seeded_s
 from shrinkbench_core.errors import DataMissingError
 
 
+def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1797 UCI digits as ``(images (N, 1, 8, 8) in [0, 1], labels (N,))``.
+
+    Read straight from the data file scikit-learn ships (``load_digits`` reads the
+    same file): importing scikit-learn takes about two seconds, which every sweep
+    worker would pay again. Falls back to ``sklearn.datasets.load_digits``.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(locations[0], "datasets", "data", "digits.csv.gz") if locations else None
+    if path is not None and path.is_file():
+        table = np.loadtxt(path, delimiter=",")
+        pixels, targets = table[:, :-1], table[:, -1]
+    else:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        pixels, targets = bunch.data, bunch.target
+    images = torch.tensor(pixels, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    return images, torch.tensor(targets, dtype=torch.long)
+
+
 def build_digits(params: DigitsParameters, *, seed: int) -> DataSplits:
     """UCI digits scaled to [0, 1], shape (1, 8, 8), with a fixed seeded split.
 
     The split depends only on ``params.split_seed`` so every run sees the same
     test set whatever its own seed.
     """
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.tensor(bunch.target, dtype=torch.long)
+    images, labels = load_digits_tensors()
     rest, test = seeded_split_indices(len(labels), params.test_size, params.split_seed)
     train_idx, val_idx = rest, []
     if params.validation_size:

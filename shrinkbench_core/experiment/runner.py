@@ -48,6 +48,7 @@ from shrinkbench_core.experiment.dense import (
     save_rewind_state,
 )
 from shrinkbench_core.experiment.evaluation import evaluate_stage
+from shrinkbench_core.experiment.naming import run_name
 from shrinkbench_core.experiment.resolve import ResolvedExperiment
 from shrinkbench_core.experiment.rundir import COMPLETE, FAILED, INTERRUPTED, RUNNING, RunDirectory
 from shrinkbench_core.experiment.schedules import (
@@ -94,17 +95,6 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def run_name(resolved: ResolvedExperiment) -> str:
-    """Directory name of a run: readable fields (the schedule's label unless one-shot), digest."""
-    config = resolved.config
-    strategy = config.strategy.name.replace(":", "-")
-    schedule = "" if config.schedule.kind == "oneshot" else f"-{config.schedule.label()}"
-    return (
-        f"{config.dataset.name}-{config.model.name}-{strategy}-"
-        f"c{config.compression:g}-s{config.seed}{schedule}-{config.digest()[:10]}"
-    )
-
-
 def seed_offset(stage: str) -> int:
     """Offset of a training stage's per-epoch seeds: ``dense``, ``finetune``, ``round<k>``."""
     if stage == "dense":
@@ -145,14 +135,23 @@ def git_commit() -> str | None:
         return None
 
 
+def installed_version(distribution: str) -> str | None:
+    """Version of an installed distribution, read from its metadata (no import: importing
+    torchvision alone takes seconds, paid again by every sweep worker)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
 def versions(resolved: ResolvedExperiment) -> dict[str, Any]:
     """Versions of python, torch, the core and every plugin used, and the git commit."""
-    import torchvision
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": installed_version("torchvision"),
         "shrinkbench-core": __version__,
         "plugins": resolved.plugin_versions(),
         "git_commit": git_commit(),

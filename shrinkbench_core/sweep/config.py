@@ -261,7 +261,7 @@ def _component_problems(data: dict[str, Any], registry: Any) -> list[str]:
 
 
 def _plan(index: int, resolved: Any, root: Path) -> PlannedRun:
-    from shrinkbench_core.experiment.runner import run_name
+    from shrinkbench_core.experiment.naming import run_name
 
     config: ExperimentConfig = resolved.config
     name = run_name(resolved)
