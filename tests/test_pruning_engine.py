@@ -415,3 +415,33 @@ def test_non_contiguous_parameters_are_masked_and_held():
         layer(torch.randn(5, 6)).sum().backward()
         optimizer.step()
     assert (layer.weight[~mask] == 0).all() and (layer.weight[mask] != 0).all()
+
+
+@pytest.mark.parametrize(
+    "strategy", [GlobalChannelNorm, LayerChannelNorm], ids=lambda s: s.__name__
+)
+def test_channel_strategies_count_what_completion_removes(strategy):
+    """On a traceable model the completed masks (consumer inputs, batch norm) reach the
+    target, overshooting by less than one tied channel (they overshot 2x -> 3x before)."""
+    from shrinkbench_cifar.models import resnet20
+    from shrinkbench_strategies.channel import tied_channels
+
+    from shrinkbench_core.pruning.structured import complete_channel_masks
+
+    for compression in (2, 4, 8):
+        torch.manual_seed(0)
+        model = resnet20(num_classes=10)
+        total = sum(p.numel() for p in model.parameters())
+        pruner = strategy(model, compression, classifier="fc", input_shape=(3, 32, 32))
+        plan = tied_channels(pruner, "l1")
+        assert plan is not None and len(plan.groups) > 3
+        largest = max(
+            plan.nonzero - total / plan.compression_without([channel])
+            for ranked in plan.groups
+            for _, channel in ranked
+        )
+        masks = pruner.compute_masks()
+        assert set(masks) <= set(pruner.prunable)
+        apply_masks(model, complete_channel_masks(model, masks, torch.zeros(1, 3, 32, 32)))
+        nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+        assert total / compression - largest - 1 <= nonzero <= total / compression

@@ -3,16 +3,34 @@
 A channel's score is the L1 or L2 norm of its weights (Li et al. 2017),
 divided by the number of its weights (L1) or its square root (L2) so that
 channels of differently sized layers compare fairly in the global variant.
-Channels are removed from the lowest score up until the budget is met, so the
-achieved compression is at least the requested one and exceeds it by less
-than one channel's weights. Every layer keeps at least one channel.
+
+When the model can be traced (the runner passes the input shape), channels are
+*tied* channels (:mod:`shrinkbench_core.pruning.structured`): the output
+channels that must go together, such as one channel of a residual stage.
+Removing one also removes the matching input channels of every consumer and
+its bias and batch-norm entries; the strategies count all of those, so the
+achieved compression of the completed masks (what the runner applies and
+reports) is at least the requested one and exceeds it by less than one tied
+channel. Otherwise each layer's output channels are scored on their own and
+only their rows are counted. Every layer (or tied group) keeps a channel.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
+from shrinkbench_core.errors import CompressionError, UserError
 from shrinkbench_core.pruning import LayerStrategy, Masks, Strategy
+from shrinkbench_core.pruning.structured import (
+    ChannelAnalysis,
+    ChannelGroup,
+    TiedChannel,
+    analyze_channels,
+    channel_norms,
+    mask_channels,
+)
 from shrinkbench_strategies.params import ChannelParameters
 
 
@@ -30,12 +48,122 @@ def channel_masks(weight: torch.Tensor, kept_channels: torch.Tensor) -> torch.Te
     return kept_channels.reshape(shape).expand_as(weight).clone()
 
 
+class TiedChannels:
+    """The prunable tied channels of a strategy's model, scored, with exact accounting.
+
+    ``groups[g]`` lists the removable channels of one tied group whose producers
+    are all prunable, lowest score first; a group with nothing else left keeps
+    its best channel.
+    """
+
+    def __init__(self, strategy: Strategy, analysis: ChannelAnalysis, norm: str) -> None:
+        self.strategy = strategy
+        self.analysis = analysis
+        self.power = 1.0 if norm == "l1" else 2.0
+        params = dict(strategy.model.named_parameters())
+        self.total = sum(p.numel() for p in params.values())
+        self.alive = {name: p.detach() != 0 for name, p in params.items()}
+        self.nonzero = sum(int(mask.sum()) for mask in self.alive.values())
+        prunable = set(strategy.prunable)
+        self.groups: list[list[tuple[float, TiedChannel]]] = []
+        for group in analysis.groups():
+            candidates = [
+                i for i in group.removable if set(group.channels[i].producers) <= prunable
+            ]
+            if not candidates:
+                continue
+            scores = self._scores(group, params)
+            ranked = sorted(candidates, key=lambda i: (scores[i], i))
+            if len(candidates) == group.size:
+                ranked = ranked[:-1]  # the group keeps its best channel
+            self.groups.append([(scores[i], group.channels[i]) for i in ranked])
+
+    def _scores(self, group: ChannelGroup, params: dict[str, torch.Tensor]) -> list[float]:
+        norms = channel_norms(self.strategy.model, group, self.power)
+        sizes = [
+            sum(len(rows) * params[name][0].numel() for name, rows in channel.producers.items())
+            for channel in group.channels
+        ]
+        return [
+            float(norm) / max(size, 1) ** (1.0 / self.power)
+            for norm, size in zip(norms.tolist(), sizes, strict=True)
+        ]
+
+    def compression_without(self, channels: Sequence[TiedChannel]) -> float:
+        """All parameters / nonzero ones once ``channels`` and all they feed are removed."""
+        completed = self.analysis.complete(self.strategy.model, self._masks(channels))
+        removed = sum(
+            int((self.alive[name] & ~mask.to(self.alive[name].device)).sum())
+            for name, mask in completed.items()
+        )
+        remaining = self.nonzero - removed
+        return self.total / remaining if remaining else float("inf")
+
+    def masks(self, channels: Sequence[TiedChannel]) -> Masks:
+        """Keep-masks of the prunable parameters with ``channels`` removed."""
+        prunable = set(self.strategy.prunable)
+        return {n: m for n, m in self._masks(channels).items() if n in prunable}
+
+    def _masks(self, channels: Sequence[TiedChannel]) -> Masks:
+        return mask_channels(self.strategy.model, channels)
+
+    def fewest_reaching(
+        self, count: int, channels_for: Callable[[int], list[TiedChannel]]
+    ) -> list[TiedChannel]:
+        """The channels of the smallest ``k`` in ``0..count`` whose removal reaches the
+        strategy's compression (``channels_for(k)`` must remove more as ``k`` grows)."""
+        target = self.strategy.compression
+        best = self.compression_without(channels_for(count))
+        if best < target * (1 - 1e-12):
+            raise CompressionError(
+                f"{type(self.strategy).__name__} cannot reach compression {target:g} by "
+                f"removing channels: removing every removable channel reaches {best:.4g}. "
+                "Ask for at most that, or use an unstructured strategy."
+            )
+        low, high = 0, count
+        while low < high:
+            middle = (low + high) // 2
+            if self.compression_without(channels_for(middle)) >= target * (1 - 1e-12):
+                high = middle
+            else:
+                low = middle + 1
+        return channels_for(high)
+
+
+def tied_channels(strategy: Strategy, norm: str) -> TiedChannels | None:
+    """The tied channels of ``strategy``'s model, or None when it cannot be traced."""
+    if strategy.input_shape is None:
+        return None
+    first = next(strategy.model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    example = torch.zeros(1, *strategy.input_shape, device=device)
+    try:
+        analysis = analyze_channels(strategy.model, example)
+    except (UserError, RuntimeError, TypeError, ValueError):
+        return None
+    plan = TiedChannels(strategy, analysis, norm)
+    return plan if plan.groups else None
+
+
 class GlobalChannelNorm(Strategy):
     """Remove the lowest-norm output channels across all prunable layers."""
 
     Parameters = ChannelParameters
 
     def model_masks(self) -> Masks:
+        plan = tied_channels(self, self.options.norm)
+        if plan is None:
+            return self._layer_channel_masks()
+        order = sorted(
+            (score, g, rank, channel)
+            for g, ranked in enumerate(plan.groups)
+            for rank, (score, channel) in enumerate(ranked)
+        )
+        channels = [entry[3] for entry in order]
+        return plan.masks(plan.fewest_reaching(len(channels), lambda k: channels[:k]))
+
+    def _layer_channel_masks(self) -> Masks:
+        """Untraceable models: each layer's own output channels, counting only their rows."""
         params = self.params()
         entries = []  # (score, channel size, layer, channel index)
         for name, p in params.items():
@@ -63,6 +191,24 @@ class LayerChannelNorm(LayerStrategy):
     """Remove the same fraction of lowest-norm output channels in every layer."""
 
     Parameters = ChannelParameters
+
+    _STEPS = 1000  # resolution of the shared fraction
+
+    def model_masks(self) -> Masks:
+        plan = tied_channels(self, self.options.norm)
+        if plan is None:
+            return super().model_masks()
+        sizes = [len(ranked) for ranked in plan.groups]
+
+        def channels_for(step: int) -> list[TiedChannel]:
+            share = step / self._STEPS
+            return [
+                channel
+                for ranked, size in zip(plan.groups, sizes, strict=True)
+                for _, channel in ranked[: round(share * size)]
+            ]
+
+        return plan.masks(plan.fewest_reaching(self._STEPS, channels_for))
 
     def layer_masks(self, module_name, module) -> Masks:
         masks: Masks = {}
