@@ -68,10 +68,10 @@ def run_sweep(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compressions", type=float, nargs="+", default=[2, 4, 8, 16])
-    parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--hidden", type=int, default=1024, help="MLP hidden width")
     parser.add_argument("--dense-epochs", type=int, default=4)
-    parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--finetune-epochs", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each setting (median)")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--skip-default-threads", action="store_true",
