@@ -187,8 +187,12 @@ class RankedImportances(Mapping[str, torch.Tensor]):
         for start, scores, owned in _score_pieces(self._importances, name):
             if ranks:
                 size = scores.numel()
-                dead = _scratch(self._scratch, torch.bool, scores.device)
-                is_dead = torch.eq(flat_param[start : start + size], 0, out=dead[:size])
+                piece = flat_param[start : start + size]
+                if piece.device == scores.device:
+                    dead = _scratch(self._scratch, torch.bool, scores.device)
+                    is_dead = torch.eq(piece, 0, out=dead[:size])
+                else:  # scores computed on another device than the weights
+                    is_dead = (piece == 0).to(scores.device)
                 if owned:
                     scores.masked_fill_(is_dead, float("-inf"))
                 else:
