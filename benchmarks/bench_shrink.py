@@ -1,6 +1,6 @@
 """Does channel pruning make the model faster? Masked vs physically shrunk, on CPU.
 
-Run: python benchmarks/bench_shrink.py [--repeats N] [--batch N] [--threads N] [--size PX]
+Run: python benchmarks/bench_shrink.py [--processes N] [--repeats N] [--batch N] [--size PX]
 
 For torchvision resnet18 (ImageNet input, ``--size`` pixels) and the CIFAR resnet56
 (32x32), tied channels are pruned by lowest L1 norm in steps of ``--round-to``
@@ -20,15 +20,21 @@ eval mode under ``torch.no_grad``, the three models timed in turns so that load
 changes hit them alike; the minimum is the best estimate of the uncontended time
 on a shared machine. ``--clock cpu`` times this process's CPU time instead of wall
 time: with ``--threads 1`` that is the latency on a core of its own, unaffected by
-other processes waiting for the CPU. The load average is printed.
+other processes waiting for the CPU. The load average is printed. ``--processes N``
+repeats everything in N fresh processes and prints the median and range of each figure:
+on a noisy VM the same dense model can run at different speeds in different processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -147,23 +153,36 @@ def main() -> None:
     parser.add_argument(
         "--round-to", type=int, default=8, help="keep a multiple of this many channels per group"
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="repeat the whole measurement in this many fresh processes and print the median "
+        "and range of each figure (the same model's latency differs between processes here)",
+    )
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.processes > 1:
+        across_processes(args)
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{args.threads} threads, batch {args.batch}, {args.statistic} {args.clock} time of "
-        f">= {args.repeats} runs (>= {args.seconds:g} s per model), "
-        f"channels kept in multiples of {args.round_to}, "
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    )
+    if not args.json:
+        print(
+            f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+            f"{args.threads} threads, batch {args.batch}, {args.statistic} {args.clock} time of "
+            f">= {args.repeats} runs (>= {args.seconds:g} s per model), "
+            f"channels kept in multiples of {args.round_to}, "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        )
     header = (
         f"{'model':9s} {'input':11s} {'target':>6s} {'compr.':>6s} {'theory':>7s} "
         f"{'masked':>7s} {'shrunk':>7s} {'shrunk/theory':>13s} {'dense ms':>9s} "
         f"{'shrunk ms':>9s}  target>={TARGET_RATIO}"
     )
-    print(header)
-    print("-" * len(header))
+    if not args.json:
+        print(header)
+        print("-" * len(header))
     for name in args.models:
         model, shape = build(name, args.size)
         model.eval()
@@ -190,6 +209,22 @@ def main() -> None:
                 clock=time.process_time if args.clock == "cpu" else time.perf_counter,
             )
             ratio = report["shrunk_speedup"] / report["theoretical_speedup"]
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "model": name,
+                            "target": compression,
+                            "ratio": ratio,
+                            "theory": report["theoretical_speedup"],
+                            "shrunk": report["shrunk_speedup"],
+                            "masked": report["masked_speedup"],
+                            "compression": result.compression,
+                        }
+                    ),
+                    flush=True,
+                )
+                continue
             print(
                 f"{name:9s} {'x'.join(map(str, shape)):11s} {compression:5.1f}x "
                 f"{result.compression:5.2f}x {report['theoretical_speedup']:6.2f}x "
@@ -202,8 +237,49 @@ def main() -> None:
                 flush=True,
             )
         for entry in result.unsupported:
-            print(f"    kept by an unsupported pattern: {entry}")
-    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+            print(f"    kept by an unsupported pattern: {entry}", file=sys.stderr)
+    if not args.json:
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+def across_processes(args: argparse.Namespace) -> None:
+    """Run the measurement in ``args.processes`` fresh processes; print medians and ranges."""
+    forwarded = [a for a in sys.argv[1:] if not a.startswith("--processes")]
+    if "--processes" in sys.argv:  # drop the value that followed a separate flag
+        index = sys.argv.index("--processes")
+        forwarded = sys.argv[1:index] + sys.argv[index + 2 :]
+    rows: dict[tuple[str, float], list[dict]] = {}
+    for run in range(args.processes):
+        out = subprocess.run(
+            [sys.executable, __file__, *forwarded, "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        for line in out.stdout.splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                rows.setdefault((row["model"], row["target"]), []).append(row)
+        print(f"  process {run + 1}/{args.processes} done", file=sys.stderr, flush=True)
+    print(
+        f"median [min-max] over {args.processes} fresh processes, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'model':9s} {'target':>6s} {'compr.':>6s} {'theory':>7s} {'masked':>7s} "
+        f"{'shrunk':>7s}  shrunk/theory"
+    )
+    for (name, target), found in rows.items():
+        ratios = sorted(r["ratio"] for r in found)
+        middle = statistics.median(ratios)
+        print(
+            f"{name:9s} {target:5.1f}x {statistics.median(r['compression'] for r in found):5.2f}x "
+            f"{statistics.median(r['theory'] for r in found):6.2f}x "
+            f"{statistics.median(r['masked'] for r in found):6.2f}x "
+            f"{statistics.median(r['shrunk'] for r in found):6.2f}x  "
+            f"{middle:.2f} [{ratios[0]:.2f}-{ratios[-1]:.2f}] "
+            f"{'met' if middle >= TARGET_RATIO else 'NOT met'}"
+        )
 
 
 if __name__ == "__main__":
