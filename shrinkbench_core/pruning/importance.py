@@ -86,11 +86,8 @@ class LazyImportances(Mapping[str, torch.Tensor]):
         """
         param = self._params[name].detach()
         if not self.elementwise:
-            flat = self[name].detach().reshape(-1)
-            owned = not _shares_memory(flat, param)
-            for start in range(0, flat.numel(), _SCAN_CHUNK):
-                piece = flat[start : start + _SCAN_CHUNK]
-                yield start, piece.float(), owned or piece.dtype != torch.float32
+            scores = self[name].detach().reshape(-1)
+            yield from _tensor_pieces(scores, owned=not _shares_memory(scores, param))
             return
         flat = param.reshape(-1)
         for start in range(0, flat.numel(), _SCAN_CHUNK):
@@ -347,28 +344,27 @@ def _numel(importances: Importances, name: str) -> int:
     return importances[name].numel()
 
 
-def score_chunks(importances: Importances, name: str) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(offset, scores)`` pieces of the flattened float32 importances of ``name``.
-
-    Mappings that can score a slice of a parameter on its own (an elementwise
-    :class:`LazyImportances`, or :class:`RankedImportances` around one) provide
-    ``score_pieces`` themselves and never hold more than one piece of scores.
-    A piece may be a reused buffer: use it before asking for the next.
-    """
-    for start, scores, _ in _score_pieces(importances, name):
-        yield start, scores
-
-
 def _score_pieces(importances: Importances, name: str) -> Iterator[tuple[int, torch.Tensor, bool]]:
-    """Like :func:`score_chunks`, with whether each piece is the caller's to modify."""
+    """``(offset, float32 scores, owned)`` pieces of the flattened importances of ``name``.
+
+    Mappings that can score a slice of a parameter on their own (an elementwise
+    :class:`LazyImportances`, or :class:`RankedImportances` around one) provide
+    ``score_pieces`` and never hold more than one piece of scores. A piece may be
+    a reused buffer: use it before asking for the next. ``owned`` pieces share no
+    memory with the caller's tensors and may be modified.
+    """
     own = getattr(importances, "score_pieces", None)
     if own is not None:
         yield from own(name)
         return
-    flat = importances[name].detach().reshape(-1)
+    yield from _tensor_pieces(importances[name].detach().reshape(-1), owned=False)
+
+
+def _tensor_pieces(flat: torch.Tensor, owned: bool) -> Iterator[tuple[int, torch.Tensor, bool]]:
+    """Float32 slices of a 1-D tensor; a converted slice is always a fresh copy."""
     for start in range(0, flat.numel(), _SCAN_CHUNK):
         piece = flat[start : start + _SCAN_CHUNK]
-        yield start, piece.float(), piece.dtype != torch.float32
+        yield start, piece.float(), owned or piece.dtype != torch.float32
 
 
 def top_count_masks(importances: Importances, keep: int) -> Masks:

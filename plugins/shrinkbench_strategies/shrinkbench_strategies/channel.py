@@ -91,7 +91,9 @@ class TiedChannels:
 
     def compression_without(self, channels: Sequence[TiedChannel]) -> float:
         """All parameters / nonzero ones once ``channels`` and all they feed are removed."""
-        completed = self.analysis.complete(self.strategy.model, self._masks(channels))
+        completed = self.analysis.complete(
+            self.strategy.model, mask_channels(self.strategy.model, channels)
+        )
         removed = sum(
             int((self.alive[name] & ~mask.to(self.alive[name].device)).sum())
             for name, mask in completed.items()
@@ -102,10 +104,8 @@ class TiedChannels:
     def masks(self, channels: Sequence[TiedChannel]) -> Masks:
         """Keep-masks of the prunable parameters with ``channels`` removed."""
         prunable = set(self.strategy.prunable)
-        return {n: m for n, m in self._masks(channels).items() if n in prunable}
-
-    def _masks(self, channels: Sequence[TiedChannel]) -> Masks:
-        return mask_channels(self.strategy.model, channels)
+        masks = mask_channels(self.strategy.model, channels)
+        return {n: m for n, m in masks.items() if n in prunable}
 
     def fewest_reaching(
         self, count: int, channels_for: Callable[[int], list[TiedChannel]]
