@@ -1,6 +1,6 @@
 """Does channel pruning make the model faster? Masked vs physically shrunk, on CPU.
 
-Run: python benchmarks/bench_shrink.py [--processes N] [--repeats N] [--batch N] [--size PX]
+Run: python benchmarks/bench_shrink.py [--processes N] [--channels-last] [--kernels] [--batch N]
 
 For torchvision resnet18 (ImageNet input, ``--size`` pixels) and the CIFAR resnet56
 (32x32), tied channels are pruned by lowest L1 norm in steps of ``--round-to``
@@ -21,8 +21,15 @@ changes hit them alike; the minimum is the best estimate of the uncontended time
 on a shared machine. ``--clock cpu`` times this process's CPU time instead of wall
 time: with ``--threads 1`` that is the latency on a core of its own, unaffected by
 other processes waiting for the CPU. The load average is printed. ``--processes N``
-repeats everything in N fresh processes and prints the median and range of each figure:
-on a noisy VM the same dense model can run at different speeds in different processes.
+repeats everything in N fresh processes and prints the median and range of each figure.
+Freed memory is kept in the process while timing (see
+``shrinkbench_core.metrics.allocator``): otherwise every forward pass faults its
+activations' pages in anew, and the dense resnet56 ran up to 2x slower in some
+processes than in others. ``--channels-last`` times all models in NHWC layout.
+``--kernels`` also times each distinct convolution alone and prints its throughput:
+shrunk/theory equals the shrunk model's multiply-adds per second over the dense
+model's, and narrow convolutions (8 to 32 channels) run at a fraction of the
+throughput of wide ones.
 """
 
 from __future__ import annotations
@@ -118,6 +125,43 @@ def masks_for_compression(
     return channel_masks(model, groups, taken), share
 
 
+def conv_throughput(model: nn.Module, batch: torch.Tensor, repeats: int) -> list[str]:
+    """Each distinct convolution of ``model`` timed alone on its input: ms and GMAC/s.
+
+    Explains a shrunk/theory ratio below 1: it equals the shrunk model's throughput
+    (multiply-adds per second) over the dense model's, and narrow convolutions run
+    below the throughput of wide ones.
+    """
+    seen: dict[tuple, tuple[nn.Conv2d, torch.Tensor, int]] = {}
+
+    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        shape = (module.in_channels, module.out_channels, module.kernel_size, module.stride)
+        key = (*shape, module.groups, tuple(inputs[0].shape[2:]))
+        _, _, count = seen.get(key, (module, inputs[0], 0))
+        seen[key] = (module, inputs[0], count + 1)
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(batch)
+    for hook in hooks:
+        hook.remove()
+    lines = []
+    with torch.no_grad():
+        for (cin, cout, kernel, stride, groups, size), (conv, x, count) in sorted(seen.items()):
+            conv(x)
+            best = math.inf
+            for _ in range(repeats):
+                start = time.perf_counter()
+                output = conv(x)
+                best = min(best, time.perf_counter() - start)
+            macs = output.numel() * (cin // groups) * kernel[0] * kernel[1]
+            lines.append(
+                f"{count:3d} x conv {cin:4d}->{cout:<4d} {kernel[0]}x{kernel[1]}/{stride[0]} "
+                f"at {size[0]}x{size[1]}: {1e3 * best:7.3f} ms, {macs / best / 1e9:5.1f} GMAC/s"
+            )
+    return lines
+
+
 def build(name: str, size: int) -> tuple[nn.Module, tuple[int, int, int]]:
     if name == "resnet18":
         return torchvision.models.resnet18(weights=None), (3, size, size)
@@ -160,6 +204,18 @@ def main() -> None:
         help="repeat the whole measurement in this many fresh processes and print the median "
         "and range of each figure (the same model's latency differs between processes here)",
     )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="time every model and batch in channels_last memory format (NHWC), the layout "
+        "oneDNN prefers on CPU",
+    )
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="also time each distinct convolution of the dense and shrunk models alone "
+        "and print its throughput (GMAC/s): why shrunk/theory falls below 1",
+    )
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.processes > 1:
@@ -173,6 +229,7 @@ def main() -> None:
             f"{args.threads} threads, batch {args.batch}, {args.statistic} {args.clock} time of "
             f">= {args.repeats} runs (>= {args.seconds:g} s per model), "
             f"channels kept in multiples of {args.round_to}, "
+            f"{'channels_last' if args.channels_last else 'contiguous (NCHW)'} layout, "
             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         )
     header = (
@@ -188,6 +245,9 @@ def main() -> None:
         model.eval()
         example = torch.randn(1, *shape)
         batch = torch.randn(args.batch, *shape)
+        if args.channels_last:
+            model.to(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=torch.channels_last)
         analysis = analyze_channels(model, example)
         with torch.no_grad():
             model(batch)  # warm-up, then one timed pass to size the number of repeats
@@ -198,6 +258,8 @@ def main() -> None:
             start = time.perf_counter()
             masks, fraction = masks_for_compression(model, analysis, compression, args.round_to)
             result = shrink_model(model, masks, example, analysis=analysis)
+            if args.channels_last:
+                result.model.to(memory_format=torch.channels_last)
             report = structured_speedups(
                 model,
                 masks,
@@ -236,6 +298,11 @@ def main() -> None:
                 f"{time.perf_counter() - start:.0f}s)",
                 flush=True,
             )
+            if args.kernels:
+                for label, net in (("dense", model), ("shrunk", result.model)):
+                    print(f"  {label} {name}, each convolution alone (min of 20):")
+                    for line in conv_throughput(net, batch, 20):
+                        print(f"    {line}")
         for entry in result.unsupported:
             print(f"    kept by an unsupported pattern: {entry}", file=sys.stderr)
     if not args.json:

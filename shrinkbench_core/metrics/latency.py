@@ -5,7 +5,9 @@ batch: ``warmup`` untimed forward passes, then ``repeats`` timed ones, each time
 on its own with ``time.perf_counter`` (on CUDA the device is synchronized before
 and after each pass, so the time is that of the GPU work). Reported: median,
 mean, standard deviation, interquartile range, min and max in milliseconds, with
-the batch size, device, number of CPU threads and input dtype.
+the batch size, device, number of CPU threads and input dtype. Freed memory is
+kept in the process first (:func:`~shrinkbench_core.metrics.allocator.retain_freed_memory`),
+so that each pass does not fault its activations' pages in anew.
 
 A pruned model keeps its dense shapes (zeros are stored and multiplied), so its
 latency is expected to equal the dense model's: :func:`compare_latency` times
@@ -26,6 +28,7 @@ from torch import nn
 
 from shrinkbench_core.builtin.metrics import LatencyParameters
 from shrinkbench_core.metrics import MetricContext
+from shrinkbench_core.metrics.allocator import retain_freed_memory
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ def _timed_runs(
 ) -> list[list[float]]:
     """Time each model ``repeats`` times, interleaved, after ``warmup`` passes each."""
     _check_counts(warmup, repeats)
+    retain_freed_memory()
     flags = [model.training for model in models]
     try:
         for model in models:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shrinkbench_core.metrics.allocator import retain_freed_memory
 from shrinkbench_core.metrics.flops import count_flops
 from shrinkbench_core.pruning.masks import Masks, apply_masks
 from shrinkbench_core.pruning.structured import (
@@ -359,7 +360,9 @@ def measure_latencies(
     Models are timed in turns (round ``r`` times each model once), so a change of
     machine load during the measurement affects all of them alike. ``statistic``
     reduces the ``repeats`` samples: ``"median"``, or ``"min"`` (the best estimate
-    of the uncontended time on a shared machine, as :mod:`timeit` advises).
+    of the uncontended time on a shared machine, as :mod:`timeit` advises). Freed
+    memory is kept in the process first
+    (:func:`~shrinkbench_core.metrics.allocator.retain_freed_memory`).
     ``clock`` is wall time by default; ``time.process_time`` measures this
     process's CPU time instead, which with one torch thread is the latency on a
     core of its own even when other processes compete for the machine.
@@ -367,6 +370,7 @@ def measure_latencies(
     if statistic not in _STATISTICS:
         raise ValueError(f"statistic must be one of {sorted(_STATISTICS)}, got {statistic!r}")
     args = as_args(batch)
+    retain_freed_memory()
     times: list[list[float]] = [[] for _ in models]
     with contextlib.ExitStack() as stack:
         for model in models:
