@@ -100,25 +100,29 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def _timer(model: nn.Module, batch: torch.Tensor) -> Callable[[], float]:
-    device = batch.device
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else None
+def _timer(
+    model: nn.Module, args: tuple[Any, ...], clock: Callable[[], float]
+) -> Callable[[], float]:
+    """A function running one forward of ``args`` and returning its time in seconds."""
+    devices = {a.device for a in args if isinstance(a, torch.Tensor) and a.device.type == "cuda"}
+
+    def synchronize() -> None:
+        for device in devices:
+            torch.cuda.synchronize(device)
 
     def run_once() -> float:
-        if synchronize:
-            synchronize(device)
-        start = time.perf_counter()
-        model(batch)
-        if synchronize:
-            synchronize(device)
-        return (time.perf_counter() - start) * 1000.0
+        synchronize()
+        start = clock()
+        model(*args)
+        synchronize()
+        return clock() - start
 
     return run_once
 
 
 def _report(times: list[float], batch: torch.Tensor, warmup: int) -> LatencyReport:
     return LatencyReport(
-        times_ms=tuple(times),
+        times_ms=tuple(1000.0 * t for t in times),
         batch_size=int(batch.shape[0]),
         device=str(batch.device),
         device_name=_device_name(batch.device),
@@ -128,22 +132,30 @@ def _report(times: list[float], batch: torch.Tensor, warmup: int) -> LatencyRepo
     )
 
 
-def _check_counts(warmup: int, repeats: int) -> None:
+def interleaved_times(
+    models: list[nn.Module],
+    args: tuple[Any, ...],
+    warmup: int,
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[list[float]]:
+    """Seconds of ``repeats`` forwards of ``model(*args)`` for each model, taken in turns.
+
+    Each model first runs ``warmup`` untimed passes. Then round ``r`` times every
+    model once, so a change of machine load hits them alike. Models run in eval
+    mode under ``torch.no_grad`` (their training flags are restored after), with
+    freed memory kept in the process (:func:`retain_freed_memory`); CUDA devices
+    of the arguments are synchronized around each pass. ``clock`` is wall time by
+    default.
+    """
     if warmup < 0 or repeats < 1:
         raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
-
-
-def _timed_runs(
-    models: list[nn.Module], batch: torch.Tensor, warmup: int, repeats: int
-) -> list[list[float]]:
-    """Time each model ``repeats`` times, interleaved, after ``warmup`` passes each."""
-    _check_counts(warmup, repeats)
     retain_freed_memory()
     flags = [model.training for model in models]
     try:
         for model in models:
             model.eval()
-        timers = [_timer(model, batch) for model in models]
+        timers = [_timer(model, args, clock) for model in models]
         times: list[list[float]] = [[] for _ in models]
         with torch.no_grad():
             for timer in timers:
@@ -162,7 +174,7 @@ def measure_latency(
     model: nn.Module, example_batch: torch.Tensor, warmup: int = 5, repeats: int = 20
 ) -> LatencyReport:
     """Time forward passes of ``example_batch`` through ``model`` (on the batch's device)."""
-    (times,) = _timed_runs([model], example_batch, warmup, repeats)
+    (times,) = interleaved_times([model], (example_batch,), warmup, repeats)
     return _report(times, example_batch, warmup)
 
 
@@ -178,7 +190,9 @@ def compare_latency(
     Interleaving cancels drift (clock boost, other load) between the two.
     Measured speedup = ``dense.median_ms / pruned.median_ms``.
     """
-    dense_times, pruned_times = _timed_runs([dense, pruned], example_batch, warmup, repeats)
+    dense_times, pruned_times = interleaved_times(
+        [dense, pruned], (example_batch,), warmup, repeats
+    )
     return _report(dense_times, example_batch, warmup), _report(pruned_times, example_batch, warmup)
 
 

@@ -17,7 +17,6 @@ by side.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import statistics
 import time
@@ -29,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from shrinkbench_core.metrics.allocator import retain_freed_memory
 from shrinkbench_core.metrics.flops import count_flops
+from shrinkbench_core.metrics.latency import interleaved_times
 from shrinkbench_core.pruning.masks import Masks, apply_masks
 from shrinkbench_core.pruning.structured import (
     ChannelAnalysis,
@@ -357,40 +356,19 @@ def measure_latencies(
 ) -> list[float]:
     """Time in seconds of one forward of ``batch`` through each model.
 
-    Models are timed in turns (round ``r`` times each model once), so a change of
-    machine load during the measurement affects all of them alike. ``statistic``
+    Models are timed in turns by
+    :func:`~shrinkbench_core.metrics.latency.interleaved_times` (round ``r`` times
+    each model once), so a change of machine load affects all of them alike. ``statistic``
     reduces the ``repeats`` samples: ``"median"``, or ``"min"`` (the best estimate
-    of the uncontended time on a shared machine, as :mod:`timeit` advises). Freed
-    memory is kept in the process first
-    (:func:`~shrinkbench_core.metrics.allocator.retain_freed_memory`).
+    of the uncontended time on a shared machine, as :mod:`timeit` advises).
     ``clock`` is wall time by default; ``time.process_time`` measures this
     process's CPU time instead, which with one torch thread is the latency on a
     core of its own even when other processes compete for the machine.
     """
     if statistic not in _STATISTICS:
         raise ValueError(f"statistic must be one of {sorted(_STATISTICS)}, got {statistic!r}")
-    args = as_args(batch)
-    retain_freed_memory()
-    times: list[list[float]] = [[] for _ in models]
-    with contextlib.ExitStack() as stack:
-        for model in models:
-            stack.enter_context(eval_mode(model))
-        stack.enter_context(torch.no_grad())
-        for step in range(warmup + repeats):
-            for index, model in enumerate(models):
-                _synchronize(args)
-                start = clock()
-                model(*args)
-                _synchronize(args)
-                if step >= warmup:
-                    times[index].append(clock() - start)
+    times = interleaved_times(models, as_args(batch), warmup, repeats, clock)
     return [_STATISTICS[statistic](samples) for samples in times]
-
-
-def _synchronize(args: tuple[Any, ...]) -> None:
-    first = args[0] if args else None
-    if isinstance(first, torch.Tensor) and first.device.type == "cuda":
-        torch.cuda.synchronize(first.device)
 
 
 def structured_speedups(
