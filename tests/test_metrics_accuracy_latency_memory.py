@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -157,6 +160,8 @@ def test_latency_reports_its_settings():
     assert report["min_ms"] <= report["median_ms"] <= report["max_ms"]
     assert report["stdev_ms"] >= 0 and report["iqr_ms"] >= 0
     assert report["per_example_ms"] == pytest.approx(report["median_ms"] / 5)
+    glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+    assert report["freed_memory_kept"] is glibc
 
 
 def test_latency_rejects_invalid_counts():

@@ -42,6 +42,7 @@ class LatencyReport:
     threads: int
     warmup: int
     dtype: str
+    freed_memory_kept: bool = False
 
     @property
     def repeats(self) -> int:
@@ -83,6 +84,7 @@ class LatencyReport:
             "device": self.device,
             "device_name": self.device_name,
             "dtype": self.dtype,
+            "freed_memory_kept": self.freed_memory_kept,
         }
 
 
@@ -129,6 +131,7 @@ def _report(times: list[float], batch: torch.Tensor, warmup: int) -> LatencyRepo
         threads=torch.get_num_threads(),
         warmup=warmup,
         dtype=str(batch.dtype).removeprefix("torch."),
+        freed_memory_kept=retain_freed_memory(),
     )
 
 
@@ -201,7 +204,8 @@ def compute(context: MetricContext, params: LatencyParameters) -> dict[str, Any]
 
     Keys: ``median_ms`` (per batch), ``mean_ms``, ``stdev_ms``, ``iqr_ms``,
     ``min_ms``, ``max_ms``, ``per_example_ms``, and the settings ``batch_size``,
-    ``warmup``, ``repeats``, ``threads``, ``device``, ``device_name``, ``dtype``.
+    ``warmup``, ``repeats``, ``threads``, ``device``, ``device_name``, ``dtype``,
+    ``freed_memory_kept`` (whether glibc kept freed memory in the process).
     When ``context.dense_model`` is given (a pruned stage), both models are timed
     interleaved and ``dense_median_ms`` and ``measured_speedup`` are added.
     """
