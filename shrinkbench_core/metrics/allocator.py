@@ -5,8 +5,8 @@ back to the kernel when it is freed. A forward pass frees its activations and th
 next one allocates them again, so every pass faults its activations' pages in
 anew. On the 2-core VM this project is developed on, the CIFAR resnet56 at batch
 32 took 12 to 21 thousand minor page faults and 44 to 91 ms of system time per
-forward; its latency differed between fresh processes by up to 2x (70 to 166 ms),
-from one process to the next. With freed memory kept, it took
+forward, and its latency ranged from 70 to 166 ms from one fresh process to the
+next. With freed memory kept, it took
 under 60 faults per forward and ran at 68 to 83 ms in every process.
 
 :func:`retain_freed_memory` raises glibc's mmap and trim thresholds for the whole
