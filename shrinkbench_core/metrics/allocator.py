@@ -6,8 +6,8 @@ next one allocates them again, so every pass faults its activations' pages in
 anew. On the 2-core VM this project is developed on, the CIFAR resnet56 at batch
 32 took 12 to 21 thousand minor page faults and 44 to 91 ms of system time per
 forward, and its latency ranged from 70 to 166 ms from one fresh process to the
-next. With freed memory kept, it took
-under 60 faults per forward and ran at 68 to 83 ms in every process.
+next. With freed memory kept, it took under 60 faults per forward and ran at 68
+to 83 ms in every process.
 
 :func:`retain_freed_memory` raises glibc's mmap and trim thresholds for the whole
 process (the effect of ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in
