@@ -48,6 +48,7 @@ import torch
 import torchvision
 from torch import nn
 
+from shrinkbench_core.metrics.flops import count_flops
 from shrinkbench_core.pruning.shrink import shrink_model, structured_speedups
 from shrinkbench_core.pruning.structured import (
     ChannelAnalysis,
@@ -148,15 +149,15 @@ def conv_throughput(model: nn.Module, batch: torch.Tensor, repeats: int) -> list
     lines = []
     with torch.no_grad():
         for (cin, cout, kernel, stride, groups, size), (conv, x, count) in sorted(seen.items()):
-            conv(x)
+            macs = count_flops(conv, x).macs  # also the warm-up pass
             best = math.inf
             for _ in range(repeats):
                 start = time.perf_counter()
-                output = conv(x)
+                conv(x)
                 best = min(best, time.perf_counter() - start)
-            macs = output.numel() * (cin // groups) * kernel[0] * kernel[1]
             lines.append(
-                f"{count:3d} x conv {cin:4d}->{cout:<4d} {kernel[0]}x{kernel[1]}/{stride[0]} "
+                f"{count:3d} x conv {cin:4d}->{cout:<4d} {kernel[0]}x{kernel[1]}/{stride[0]}"
+                f"{f' groups {groups}' if groups > 1 else ''} "
                 f"at {size[0]}x{size[1]}: {1e3 * best:7.3f} ms, {macs / best / 1e9:5.1f} GMAC/s"
             )
     return lines
