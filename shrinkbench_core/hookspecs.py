@@ -78,3 +78,77 @@ def shrinkbench_register_metrics() -> list:
     masks, data loaders, example input, device). Declare the ``unit`` and
     whether higher is better so tables and plots read the value correctly.
     """
+
+
+# -- lifecycle: run events -------------------------------------------------------------
+# Called by the runner while an experiment runs (see :mod:`shrinkbench_core.lifecycle`).
+# ``run`` is a :class:`shrinkbench_core.lifecycle.RunInfo` (path, name, digest, config).
+# Every implementation is called (no ``firstresult``); return values are ignored. An
+# implementation that raises is reported once on stderr and disabled for the rest of the
+# run: a tracker never stops a run or loses its results.
+
+
+@hookspec
+def shrinkbench_run_start(run) -> None:
+    """Called once when an experiment starts or resumes, before the dense stage.
+
+    ``run.resumed`` is True when the run continues an interrupted one. The run directory
+    exists and ``config.json`` is written.
+    """
+
+
+@hookspec
+def shrinkbench_run_end(run, status: str, metrics, error) -> None:
+    """Called once when an experiment ends.
+
+    ``status`` is ``"complete"``, ``"failed"`` or ``"interrupted"``. ``metrics`` is the
+    content of ``metrics.json`` for a complete run, else None. ``error`` is a one-line
+    description of what went wrong, else None.
+    """
+
+
+@hookspec
+def shrinkbench_stage_end(run, stage: str, metrics: dict) -> None:
+    """Called when a stage has been evaluated.
+
+    ``stage`` is ``"dense"``, ``"pruned"`` or ``"finetuned"`` (and ``"best"``, the epoch
+    with the best validation accuracy). ``metrics`` maps metric names to the metric's
+    result dict, exactly as in ``metrics.json``.
+    """
+
+
+@hookspec
+def shrinkbench_epoch_end(run, stage: str, epoch: int, logs: dict) -> None:
+    """Called after every training epoch of a stage (``"dense"`` or ``"finetune"``).
+
+    ``epoch`` counts from 1 within the stage. ``logs`` is the row written to ``logs.csv``:
+    at least ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (None without a
+    validation split), ``lr``, ``epoch_seconds``, plus ``compression`` while pruning is
+    under way. Called on the writing process only (rank 0 of a distributed run).
+    """
+
+
+@hookspec
+def shrinkbench_pruning_step(run, step: int, compression: float, summary, details: dict) -> None:
+    """Called after every change of the masks: a pruning round or step, a sparse-training update.
+
+    ``step`` numbers the changes from 1; ``compression`` is the model's compression after
+    the change; ``summary`` is the per-parameter table of :func:`masks_summary` (a pandas
+    DataFrame); ``details`` holds what the schedule adds (e.g. ``{"schedule": "rigl",
+    "changed": 1234, "global_step": 500}``).
+    """
+
+
+@hookspec
+def shrinkbench_register_trackers() -> list:
+    """Register experiment trackers (TensorBoard, MLflow, W&B, ...).
+
+    Called once, when the registry is first built. Return a list of
+    :class:`shrinkbench_core.specs.TrackerSpec` (or dicts with the same fields). A
+    tracker is selected by name with ``-p trackers=[NAME,...]``; its ``factory`` names a
+    callable ``factory(params) -> object`` returning a plugin object whose methods are
+    ``shrinkbench_*`` lifecycle hook implementations; it is registered for the run's
+    duration only. ``requires`` lists the modules the tracker imports and ``extra`` the
+    ``pip install`` extra that provides them, so a missing library is reported before
+    anything runs.
+    """
