@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from shrinkbench_strategies.channel import LayerChannelNorm
 from torch import nn
@@ -60,3 +62,30 @@ def test_untraceable_model_is_reported_not_fatal():
     )
     result = compute(context, StructuredParameters(batch_size=2, repeats=1))
     assert "error" in result and result["error"]
+
+
+def test_unsupported_patterns_reach_the_result_and_the_screen(capsys):
+    class Sliced(nn.Module):
+        """Channel slicing by constants: the analysis keeps the sliced convolution whole."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.head = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.head(torch.cat([y[:, 4:], y[:, :4]], 1))
+
+    torch.manual_seed(0)
+    model = Sliced().eval()
+    masks = {"conv.weight": torch.ones_like(model.conv.weight, dtype=torch.bool)}
+    masks["conv.weight"][:4] = False
+    context = MetricContext(
+        model=model, example_input=torch.randn(1, 3, 8, 8), device=torch.device("cpu"), masks=masks
+    )
+    result = compute(context, StructuredParameters(batch_size=2, repeats=1))
+    assert result["unsupported_count"] == len(result["unsupported"]) >= 1
+    assert any("getitem" in line and "conv" in line for line in result["unsupported"])
+    json.dumps(result)  # what metrics.json stores
+    assert "kept channels intact" in capsys.readouterr().err
