@@ -11,6 +11,11 @@ the forward pass of the model in eval mode under ``torch.no_grad``:
   so padding, stride and dilation are exactly those the layer used;
 * matrix products: ``mm``, ``addmm`` (``nn.Linear`` on inputs of any rank, tokens
   included), ``bmm``, ``baddbmm`` (``matmul``/``einsum`` lower to these);
+* recurrent layers: ``nn.RNN``/``nn.GRU`` (which run as matrix products) and
+  ``nn.LSTM``, whose fused kernels (oneDNN's ``mkldnn_rnn_layer`` on CPU, cuDNN's
+  ``_cudnn_rnn``, MIOpen's ``miopen_rnn``) count ``steps x batch x entries`` of
+  every weight matrix (input-hidden, hidden-hidden, projection), per direction and
+  layer: the products the unfused cell does, packed sequences included;
 * attention: ``scaled_dot_product_attention`` on every backend counts its two
   products ``Q K^T`` and ``A V`` in full (no discount for causal masks).
   ``nn.MultiheadAttention``'s fused inference path (one opaque operator under
@@ -25,20 +30,29 @@ of the pruning literature: on all 80 torchvision classifiers our dense MACs equa
 the published figures to their 3 published decimals (see
 ``tests/test_metrics_torchvision_reference.py``). Formulas come from
 :mod:`torch.utils.flop_counter` (which reports FLOPs = 2 x MACs; we halve them),
-plus the CPU attention kernel it lacks. Any other operator whose name says it is
-a product, convolution or attention is listed in :attr:`FlopReport.uncounted_ops`
-instead of being dropped silently.
+plus the CPU attention kernel and the fused recurrent kernels it lacks. Any other
+operator whose name says it is a product, convolution, attention or recurrent
+layer is listed in :attr:`FlopReport.uncounted_ops` instead of being dropped
+silently.
 
 Nonzero MACs
 ------------
 An operator is attributed to the parameter it multiplies by (found through the
 tensor's storage or its derivation, so ``weight.t()``, slices, expansions and
-dtype copies count). Its nonzero MACs are ``dense MACs x nonzero / total entries``
-of the weight operand as multiplied (the slice, if a slice), which is exact for
-convolutions and matrix products: every entry of the operand takes part in the
-same number of products. Operators without a parameter (attention products)
-count dense in both totals. Theoretical speedup = dense MACs / nonzero MACs
-(ShrinkBench's definition). Weights on the ``meta`` device count as dense.
+dtype copies count). A weight computed inside ``forward`` from the model's own
+state only (parameters and buffers, no input) is attributed to the parameter it
+is computed from: ``torch.nn.utils.prune``'s ``weight_orig * weight_mask`` to
+``weight_orig``, a parametrization's result to its ``original`` (the layer is the
+parametrized module). Its nonzero MACs are ``dense MACs x nonzero / total entries``
+of the weight operand as multiplied (the slice, if a slice; the masked product, if
+computed), which is exact for convolutions, matrix products and recurrent
+kernels: every entry of the operand takes part in the same number of products.
+Operators without a parameter (attention products) count dense in both totals.
+A convolution whose weight cannot be traced to a parameter (a weight computed
+from the input, or from a tensor that is neither parameter nor buffer) counts
+the zeros of the operand it multiplies by and is listed in ``uncounted_ops`` as
+unattributed. Theoretical speedup = dense MACs / nonzero MACs (ShrinkBench's
+definition). Weights on the ``meta`` device count as dense.
 """
 
 from __future__ import annotations
@@ -81,7 +95,12 @@ _WEIGHT_ARGUMENTS: dict[Any, tuple[int, ...]] = _ops({
     "_scaled_mm": (1, 0),
 })
 _ATTENTION_NAME = re.compile(r"attention", re.IGNORECASE)
-_COMPUTE_NAME = re.compile(r"conv|mm|matmul|attention|linear|einsum", re.IGNORECASE)
+_COMPUTE_NAME = re.compile(
+    r"conv|mm|matmul|attention|linear|einsum|rnn|lstm|gru|bilinear", re.IGNORECASE
+)
+# A fused operator whose weight argument can only be a weight (not an activation).
+_WEIGHT_ONLY_ARGUMENT = re.compile(r"conv", re.IGNORECASE)
+_PARAMETRIZATION = re.compile(r"\.parametrizations\.[^.]+$")
 _BACKWARD_NAME = re.compile(r"backward")
 
 
@@ -107,8 +126,46 @@ def _formula(packet: Any) -> Callable[..., int] | None:
     return flop_counter.flop_registry.get(packet)
 
 
+def _recurrent_tokens(sequence: torch.Tensor) -> int:
+    """Steps x batch of a recurrent kernel's input ``(T, N, I)``, ``(N, T, I)`` or packed."""
+    return sequence.numel() // sequence.shape[-1] if sequence.dim() and sequence.shape[-1] else 0
+
+
+def _onednn_rnn_products(args: Sequence[Any]) -> list[tuple[torch.Tensor, int]]:
+    """``mkldnn_rnn_layer(input, w_ih, w_hh, b_ih, b_hh, ...)``: one layer, one direction."""
+    tokens = _recurrent_tokens(args[0])
+    return [(weight, tokens * weight.numel()) for weight in args[1:3]]
+
+
+def _flat_rnn_products(args: Sequence[Any]) -> list[tuple[torch.Tensor, int]]:
+    """``_cudnn_rnn``/``miopen_rnn(input, weights, ...)``: every layer and direction at once.
+
+    ``weights`` holds per layer and direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``;
+    every layer runs over the same steps x batch, so each weight matrix (2-D)
+    takes part in ``tokens x entries`` products.
+    """
+    tokens = _recurrent_tokens(args[0])
+    return [(weight, tokens * weight.numel()) for weight in args[1] if weight.dim() == 2]
+
+
+# Fused recurrent kernels: (weight operand, MACs) for every weight matrix they multiply by.
+_RECURRENT_PRODUCTS: dict[Any, Callable[[Sequence[Any]], list[tuple[torch.Tensor, int]]]] = _ops({
+    "mkldnn_rnn_layer": _onednn_rnn_products,
+    "_cudnn_rnn": _flat_rnn_products,
+    "miopen_rnn": _flat_rnn_products,
+})
+
+
+def _layer_of(parameter: str) -> str:
+    """The layer owning ``parameter``: the parametrized module for a parametrization."""
+    owner = parameter.rpartition(".")[0]
+    return _PARAMETRIZATION.sub("", owner)
+
+
 def _op_kind(packet: Any) -> str:
     name = packet.__name__
+    if packet in _RECURRENT_PRODUCTS:
+        return "recurrent"
     if _ATTENTION_NAME.search(name):
         return "attention"
     if "conv" in name:
@@ -122,8 +179,9 @@ class LayerFlops:
 
     ``layer`` is the module owning ``parameter``, or for an operator without a
     weight the innermost module that ran it (``""`` is the model itself).
-    ``weight_density`` is nonzero / total entries of ``parameter`` (``None`` when
-    the operator has no weight).
+    ``weight_density`` is nonzero / total entries of the weight operand as last
+    multiplied (``parameter``, its slice, or its masked product; ``None`` when the
+    operator has no weight).
     """
 
     layer: str
@@ -166,7 +224,12 @@ class FlopReport:
 
 
 class _WeightIndex:
-    """Finds the parameter a tensor is, or is a view or copy of."""
+    """Finds the parameter a tensor is, or is a view, copy or computation of.
+
+    A tensor is *state* when it is computed inside ``forward`` from the model's
+    parameters, buffers and constants only (never from the input); its lineage
+    names the parameter it was computed from (``None`` for buffers and constants).
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self._params = dict(model.named_parameters())
@@ -177,31 +240,56 @@ class _WeightIndex:
                 self._by_storage.setdefault(param.untyped_storage().data_ptr(), []).append(
                     (offset, offset + param.numel(), name)
                 )
-        self._by_identity: dict[int, tuple[weakref.ref, str]] = {
+        self._by_identity: dict[int, tuple[weakref.ref, str | None]] = {
             id(param): (weakref.ref(param), name) for name, param in self._params.items()
         }
+        for buffer in model.buffers():
+            self._by_identity.setdefault(id(buffer), (weakref.ref(buffer), None))
         self._counts: dict[str, tuple[int, int]] = {}
 
-    def find(self, tensor: Any) -> str | None:
-        """Name of the parameter ``tensor`` is derived from, or ``None``."""
-        if not isinstance(tensor, torch.Tensor):
-            return None
+    def _identity(self, tensor: torch.Tensor) -> tuple[bool, str | None]:
         entry = self._by_identity.get(id(tensor))
         if entry is not None and entry[0]() is tensor:
-            return entry[1]
+            return True, entry[1]
+        return False, None
+
+    def lineage(self, tensor: Any) -> tuple[bool, str | None]:
+        """Whether ``tensor`` is model state, and the parameter it derives from."""
+        if not isinstance(tensor, torch.Tensor):
+            return False, None
+        known, name = self._identity(tensor)
+        if known:
+            return True, name
         if tensor.device.type == "meta":
-            return None
+            return False, None
         offset = tensor.storage_offset()
         for start, end, name in self._by_storage.get(tensor.untyped_storage().data_ptr(), ()):
             if start <= offset < end:
-                return name
-        return None
+                return True, name
+        return False, None
 
-    def note_derived(self, source: Any, output: Any) -> None:
-        """Remember that ``output`` (a view or copy) holds the values of ``source``'s parameter."""
-        if isinstance(output, torch.Tensor):
-            name = self.find(source)
+    def find(self, tensor: Any) -> str | None:
+        """Name of the parameter ``tensor`` is derived from, or ``None``."""
+        return self.lineage(tensor)[1]
+
+    def note_computed(self, inputs: Sequence[torch.Tensor], outputs: Sequence[Any]) -> None:
+        """Mark ``outputs`` as state when every tensor of ``inputs`` is.
+
+        The parameter named is that of an input of the same number of entries as
+        the output (a view, copy, mask product, parametrization), else of the
+        largest named input.
+        """
+        named: list[tuple[int, str]] = []
+        for tensor in inputs:
+            is_state, name = self.lineage(tensor)
+            if not is_state:
+                return
             if name is not None:
+                named.append((tensor.numel(), name))
+        for output in outputs:
+            if isinstance(output, torch.Tensor) and not self._identity(output)[0]:
+                same = [name for numel, name in named if numel == output.numel()]
+                name = same[0] if same else max(named)[1] if named else None
                 self._by_identity[id(output)] = (weakref.ref(output), name)
 
     def counts(self, name: str) -> tuple[int, int]:
@@ -211,7 +299,7 @@ class _WeightIndex:
         return self._counts[name]
 
     def operand_counts(self, name: str, operand: torch.Tensor) -> tuple[int, int]:
-        """Nonzero and total entries of ``operand``, a view, slice or copy of ``name``."""
+        """Nonzero and total entries of ``operand``, a view, slice, copy or product of ``name``."""
         param = self._params[name]
         whole_view = (
             operand.device == param.device
@@ -223,11 +311,6 @@ class _WeightIndex:
         if operand is param or whole_view:
             return self.counts(name)
         return _nonzero_and_total(operand)
-
-    def density(self, name: str) -> float:
-        """Nonzero / total entries of parameter ``name`` (meta weights count as dense)."""
-        nonzero, total = self.counts(name)
-        return nonzero / total if total else 1.0
 
 
 def _nonzero_and_total(tensor: torch.Tensor) -> tuple[int, int]:
@@ -266,14 +349,6 @@ class _ModuleStack:
             handle.remove()
 
 
-# Operators whose outputs hold a weight's values (views and copies) and may feed a product.
-_DERIVING_OPS = set(_ops(dict.fromkeys([
-    "t", "transpose", "permute", "view", "_unsafe_view", "expand", "reshape", "alias",
-    "detach", "unsqueeze", "squeeze", "slice", "split", "split_with_sizes", "as_strided",
-    "contiguous", "clone", "select", "unbind", "_to_copy",
-])))
-
-
 class _MacCounter(TorchDispatchMode):
     """Dispatch mode that adds up MACs per (layer, parameter, operator kind)."""
 
@@ -281,22 +356,48 @@ class _MacCounter(TorchDispatchMode):
         super().__init__()
         self.weights = weights
         self.modules = modules
+        # (layer, parameter, kind) -> [calls, macs, nonzero macs, operand nonzero, operand total]
         self.rows: dict[tuple[str, str | None, str], list[int]] = {}
         self.uncounted: dict[str, int] = {}
+
+    def _note_uncounted(self, label: str) -> None:
+        self.uncounted[label] = self.uncounted.get(label, 0) + 1
+
+    def _add(self, packet: Any, parameter: str | None, operand: Any, macs: int) -> None:
+        if parameter is not None:
+            layer = _layer_of(parameter)
+            nonzero, total = self.weights.operand_counts(parameter, operand)
+        elif operand is not None:  # a weight that is no parameter's: its own zeros count
+            layer = self.modules.current
+            nonzero, total = _nonzero_and_total(operand)
+        else:
+            layer, nonzero, total = self.modules.current, 0, 0
+        nonzero_macs = macs * nonzero // total if total else macs
+        row = self.rows.setdefault((layer, parameter, _op_kind(packet)), [0, 0, 0, 0, 0])
+        row[0] += 1
+        row[1] += macs
+        row[2] += nonzero_macs
+        row[3], row[4] = nonzero, total
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         packet = func._overloadpacket
-        if packet in _DERIVING_OPS and args:
-            for item in tree_flatten(out)[0]:
-                self.weights.note_derived(args[0], item)
+        leaves = tree_flatten((args, kwargs))[0]
+        inputs = [item for item in leaves if isinstance(item, torch.Tensor)]
+        self.weights.note_computed(inputs, tree_flatten(out)[0])
+        if packet in _RECURRENT_PRODUCTS:
+            for weight, macs in _RECURRENT_PRODUCTS[packet](args):
+                parameter = self.weights.find(weight)
+                if parameter is None:
+                    self._note_uncounted(f"{packet} (weight not traced to a parameter)")
+                self._add(packet, parameter, weight, macs)
             return out
         formula = _formula(packet)
         if formula is None:
             name = packet.__name__
             if _COMPUTE_NAME.search(name) and not _BACKWARD_NAME.search(name):
-                self.uncounted[str(packet)] = self.uncounted.get(str(packet), 0) + 1
+                self._note_uncounted(str(packet))
             return out
         macs = formula(*args, **kwargs, out_val=out) // 2
         parameter, operand = None, None
@@ -306,17 +407,10 @@ class _MacCounter(TorchDispatchMode):
                 if parameter is not None:
                     operand = args[position]
                     break
-        if parameter is not None:
-            layer = parameter.rpartition(".")[0]
-            nonzero, total = self.weights.operand_counts(parameter, operand)
-            nonzero_macs = macs * nonzero // total if total else macs
-        else:
-            layer = self.modules.current
-            nonzero_macs = macs
-        row = self.rows.setdefault((layer, parameter, _op_kind(packet)), [0, 0, 0])
-        row[0] += 1
-        row[1] += macs
-        row[2] += nonzero_macs
+        if parameter is None and _WEIGHT_ONLY_ARGUMENT.search(packet.__name__):
+            operand = args[_WEIGHT_ARGUMENTS[packet][0]]
+            self._note_uncounted(f"{packet} (weight not traced to a parameter)")
+        self._add(packet, parameter, operand, macs)
         return out
 
 
@@ -365,9 +459,11 @@ def count_flops(model: nn.Module, example_input: torch.Tensor | Sequence[Any]) -
             calls=calls,
             macs=macs,
             nonzero_macs=nonzero_macs,
-            weight_density=None if parameter is None else weights.density(parameter),
+            weight_density=nonzero / total if total else None,
         )
-        for (layer, parameter, op), (calls, macs, nonzero_macs) in counter.rows.items()
+        for (layer, parameter, op), (calls, macs, nonzero_macs, nonzero, total) in (
+            counter.rows.items()
+        )
     )
     return FlopReport(
         macs=sum(row.macs for row in layers),
@@ -383,7 +479,8 @@ def compute(context: MetricContext, params: FlopsParameters) -> dict[str, Any]:
 
     Keys: ``macs`` and ``nonzero_macs`` (multiply-adds for one input),
     ``theoretical_speedup`` (dense / nonzero), ``uncounted_ops`` (count of
-    compute operators without a formula; 0 means everything was counted), and
+    compute operators without a formula or with a weight not traced to a
+    parameter; 0 means everything was counted and attributed), and
     ``layers`` (per-layer rows, MACs for one input) unless ``per_layer`` is false.
     """
     report = count_flops(context.model, context.example_input)
