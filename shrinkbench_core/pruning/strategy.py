@@ -10,6 +10,7 @@ without changing the model.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -26,7 +27,12 @@ from shrinkbench_core.pruning.importance import (
     top_count_masks,
 )
 from shrinkbench_core.pruning.masks import Masks, apply_masks, validate_masks
-from shrinkbench_core.pruning.prunable import PrunableRule, prunable_parameters
+from shrinkbench_core.pruning.prunable import (
+    PrunableRule,
+    example_from,
+    locate_classifier,
+    prunable_parameters,
+)
 from shrinkbench_core.specs import NoParameters
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -43,6 +49,12 @@ class Strategy:
         prunable: names of the parameters that may be pruned (default: ``rule``).
         rule: which parameters are prunable when ``prunable`` is not given.
         classifier: module name of the classifier (excluded by the default rule).
+            When neither ``prunable`` nor ``classifier`` is given, the classifier
+            is located (:func:`~shrinkbench_core.pruning.prunable.locate_classifier`:
+            the model's fx graph, else a forward pass of the first calibration
+            input or of zeros of ``input_shape``) and left dense; a warning says
+            when it cannot be found. ``rule=PrunableRule(exclude_classifier=False)``
+            prunes it too.
         seed: seed of any randomness in the strategy.
         input_shape: shape of one input without the batch dimension (the runner
             passes the dataset's), for strategies that build their own inputs.
@@ -70,6 +82,9 @@ class Strategy:
             params = self.Parameters(**dict(params or {}))
         self.options = params
         self.calibration = list(calibration or [])
+        if prunable is None and classifier is None and (rule or PrunableRule()).exclude_classifier:
+            classifier = self._locate_classifier(model, input_shape)
+        self.classifier = classifier
         self.prunable = (
             list(prunable) if prunable is not None else prunable_parameters(model, rule, classifier)
         )
@@ -78,6 +93,22 @@ class Strategy:
         self.generator = torch.Generator().manual_seed(seed)
         self._gradients: dict[str, torch.Tensor] | None = None
         self._activations: dict[str, torch.Tensor] | None = None
+
+    def _locate_classifier(
+        self, model: nn.Module, input_shape: Sequence[int] | None
+    ) -> str | None:
+        problems: list[str] = []
+        example = example_from(model, self.calibration, input_shape)
+        name = locate_classifier(model, example, problems)
+        if name is None:
+            warnings.warn(
+                f"{type(self).__name__}: could not find the classifier of "
+                f"{type(model).__name__} ({'; '.join(problems)}), so it may be pruned. Pass "
+                "classifier='module.name' to leave it dense, or "
+                "rule=PrunableRule(exclude_classifier=False) to prune it knowingly.",
+                stacklevel=3,
+            )
+        return name
 
     # -- the budget -------------------------------------------------------
     @property
