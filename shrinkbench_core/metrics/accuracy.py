@@ -5,6 +5,11 @@ examples, counted over the whole split (never a mean of per-batch accuracies,
 which is wrong when the last batch is short). Mean loss = summed cross-entropy /
 number of examples. A ``k`` larger than the number of classes is left out of
 the result (top-k would be trivially 1).
+
+Sequence models: scores ``(N, T, C)`` with targets ``(N, T)`` (a language model's
+next-token predictions, targets already shifted) are flattened to ``N x T``
+positions, each counted as one example; positions whose target is ``-100``
+(padding, PyTorch's ``ignore_index``) are left out of every count.
 """
 
 from __future__ import annotations
@@ -58,6 +63,31 @@ def logits_of(output: Any) -> torch.Tensor:
     raise TypeError(f"cannot find class scores in a model output of type {type(output).__name__}")
 
 
+IGNORE_INDEX = -100
+
+
+def flatten_positions(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores ``(P, C)`` and targets ``(P,)`` of every scored position of a batch.
+
+    ``(N, C)`` with ``(N,)`` is returned as is; ``(N, T, ..., C)`` with ``(N, T, ...)``
+    is flattened; positions whose target is ``-100`` are dropped. Raises
+    :class:`UserError` when the shapes do not pair up.
+    """
+    if logits.dim() < 2 or tuple(logits.shape[:-1]) != tuple(labels.shape):
+        raise UserError(
+            f"accuracy: model scores of shape {tuple(logits.shape)} do not match targets of "
+            f"shape {tuple(labels.shape)}; expected scores (N, C) with targets (N,) or "
+            "scores (N, T, C) with targets (N, T)"
+        )
+    if logits.dim() == 2:
+        return logits, labels
+    logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    keep = labels != IGNORE_INDEX
+    return logits[keep], labels[keep]
+
+
 def evaluate_accuracy(
     model: nn.Module,
     loader: Iterable[Sequence[Any]],
@@ -68,7 +98,8 @@ def evaluate_accuracy(
 
     Runs in eval mode under ``torch.no_grad`` on ``device`` (default: the device
     of the model's first parameter) and restores the model's training flag.
-    Raises :class:`UserError` for an empty loader.
+    Sequence outputs ``(N, T, C)`` with targets ``(N, T)`` count every position
+    (see :func:`flatten_positions`). Raises :class:`UserError` for an empty loader.
     """
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -87,6 +118,7 @@ def evaluate_accuracy(
                 inputs = inputs.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 logits = logits_of(model(inputs)).float()
+                logits, labels = flatten_positions(logits, labels)
                 num_classes = logits.shape[-1]
                 if correct is None:
                     ks = _usable_ks(ks, num_classes)
