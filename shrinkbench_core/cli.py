@@ -16,7 +16,7 @@ from typing import Any
 from shrinkbench_core import __version__
 from shrinkbench_core.errors import UserError
 
-KIND_CHOICES = ("strategies", "datasets", "models", "metrics")
+KIND_CHOICES = ("strategies", "datasets", "models", "metrics", "schedules", "trackers")
 # Sub-commands contributed by other core modules: each has add_parser(subparsers).
 EXTRA_COMMANDS = (
     "shrinkbench_core.sweep.cli",
@@ -133,40 +133,55 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print metrics.json instead of a table")
 
 
-def experiment_config_from_args(args: argparse.Namespace):
-    """Merge the config file, flags and ``-p`` overrides into a validated config."""
-    from shrinkbench_core.config import (
-        apply_override,
-        build_config,
-        parse_assignments,
-        read_config_file,
-    )
+def experiment_data_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """The config file merged with flags and ``-p`` (in order), and the command line's problems.
+
+    Flags and ``-p`` override the file; a field set twice on the command line
+    with different values is a problem (see ``config.merge_command_line``).
+    """
+    from shrinkbench_core.config import merge_command_line, parse_assignments, read_config_file
 
     data: dict[str, Any] = read_config_file(args.config) if args.config else {}
     flags = {
-        "strategy.name": args.strategy,
-        "compression": args.compression,
-        "dataset.name": args.dataset,
-        "model.name": args.model,
-        "output": args.output,
-        "dataset.params.root": args.data_root,
-        "seed": args.seed,
-        "device": args.device,
+        "strategy.name": ("--strategy", args.strategy),
+        "compression": ("--compression", args.compression),
+        "dataset.name": ("--dataset", args.dataset),
+        "model.name": ("--model", args.model),
+        "output": ("--output", args.output),
+        "dataset.params.root": ("--data-root", args.data_root),
+        "seed": ("--seed", args.seed),
+        "device": ("--device", args.device),
     }
-    for key, value in flags.items():
-        if value is not None:
-            apply_override(data, key, value)
-    for key, value in parse_assignments(args.param):
-        apply_override(data, key, value)
+    settings = [(flag, key, value) for key, (flag, value) in flags.items() if value is not None]
+    problems: list[str] = []
+    pairs = parse_assignments(args.param, problems)
+    settings += [(f"-p {key}={value}", key, value) for key, value in pairs]
+    problems += merge_command_line(data, settings)
+    return data, problems
+
+
+def experiment_config_from_args(args: argparse.Namespace):
+    """Merge the config file, flags and ``-p`` overrides into a config (names not checked)."""
+    from shrinkbench_core.config import build_config
+    from shrinkbench_core.errors import ConfigError
+
+    data, problems = experiment_data_from_args(args)
+    if problems:
+        raise ConfigError(problems)
     return build_config(data)
+
+
+def resolved_experiment_from_args(args: argparse.Namespace):
+    """The fully validated experiment: every problem of the command line reported at once."""
+    from shrinkbench_core.experiment.resolve import validate_experiment
+
+    data, problems = experiment_data_from_args(args)
+    return validate_experiment(data, _registry(), problems)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one experiment and print its summary."""
-    from shrinkbench_core.experiment.resolve import resolve_config
-
-    config = experiment_config_from_args(args)
-    resolved = resolve_config(config, _registry())
+    resolved = resolved_experiment_from_args(args)
     from shrinkbench_core.experiment.runner import Experiment
     from shrinkbench_core.experiment.summary import summary_table
 

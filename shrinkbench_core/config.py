@@ -9,16 +9,29 @@ component's own parameter model; every problem is reported at once as
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from shrinkbench_core.errors import ConfigError, UserError
 from shrinkbench_core.experiment.schedule_config import ScheduleConfig
 
+DEFAULT_METRICS = ("size", "flops", "accuracy", "latency")
 DEFAULT_PRUNABLE_TYPES = (
     "Conv1d",
     "Conv2d",
@@ -79,8 +92,23 @@ class StrategyConfig(ComponentConfig):
     name: str = "GlobalMagWeight"
 
 
+#: Optimizer settings that a given optimizer does not use.
+UNUSED_OPTIMIZER_FIELDS = {
+    "sgd": ("betas",),
+    "adam": ("momentum", "nesterov"),
+    "adamw": ("momentum", "nesterov"),
+}
+#: Highest seed: torch seeds are 64-bit, and stages add offsets to the seed.
+MAX_SEED = 2**63 - 1
+
+
 class OptimizerConfig(_Strict):
-    """A torch optimizer and its usual settings."""
+    """A torch optimizer and its usual settings.
+
+    A dump leaves out the settings the chosen optimizer does not use (SGD's
+    momentum and Nesterov for Adam/AdamW, the betas for SGD) while they have
+    their defaults; the digest always hashes every field, so it is unchanged.
+    """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
@@ -88,6 +116,15 @@ class OptimizerConfig(_Strict):
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+
+    @model_serializer(mode="wrap")
+    def _used_fields(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
+        data = handler(self)
+        if not (info.context or {}).get("all_fields"):
+            for name in UNUSED_OPTIMIZER_FIELDS[self.name]:
+                if getattr(self, name) == type(self).model_fields[name].default:
+                    data.pop(name, None)
+        return data
 
 
 class TrainingConfig(_Strict):
@@ -112,19 +149,53 @@ class DenseConfig(TrainingConfig):
 class SeedConfig(_Strict):
     """Separate seeds; each defaults to ``seed`` + a fixed offset."""
 
-    init: int | None = None
-    data_order: int | None = None
-    augmentation: int | None = None
-    pruning: int | None = None
+    init: int | None = Field(None, ge=0, le=MAX_SEED)
+    data_order: int | None = Field(None, ge=0, le=MAX_SEED)
+    augmentation: int | None = Field(None, ge=0, le=MAX_SEED)
+    pruning: int | None = Field(None, ge=0, le=MAX_SEED)
 
     def resolve(self, seed: int) -> SeedConfig:
         """Fill unset seeds from the experiment's ``seed``."""
-        return SeedConfig(
+        # Built without validation: seed + offset may pass MAX_SEED, torch still takes it.
+        return SeedConfig.model_construct(
             init=seed if self.init is None else self.init,
             data_order=seed + 1 if self.data_order is None else self.data_order,
             augmentation=seed + 2 if self.augmentation is None else self.augmentation,
             pruning=seed + 3 if self.pruning is None else self.pruning,
         )
+
+
+class MetricConfig(_Strict):
+    """A metric by name, with its own parameters (``shrinkbench list metrics`` shows them)."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class TrackerConfig(ComponentConfig):
+    """An experiment tracker by name (``shrinkbench list trackers``), with its parameters."""
+
+
+def _tracker_list(value: Any) -> Any:
+    """Accept ``tensorboard``, ``tensorboard,mlflow``, ``[tensorboard, {name: mlflow}]``."""
+    if value is None:
+        return []
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        return value
+    items: list[Any] = []
+    for item in value:
+        if isinstance(item, str):
+            items += [{"name": name.strip()} for name in item.split(",") if name.strip()]
+        else:
+            items.append(item)
+    return items
 
 
 class ExperimentConfig(_Strict):
@@ -142,13 +213,25 @@ class ExperimentConfig(_Strict):
     )
     prunable: PrunableRule = Field(default_factory=PrunableRule)
     calibration_batches: int = Field(4, ge=0, description="Batches for data-driven strategies.")
-    metrics: list[str] = Field(default_factory=lambda: ["size", "flops", "accuracy", "latency"])
-    seed: int = 0
+    metrics: list[MetricConfig] = Field(
+        default_factory=lambda: [MetricConfig(name=n) for n in DEFAULT_METRICS],
+        description="Metric names, or tables {name, params} to set a metric's parameters.",
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     seeds: SeedConfig = Field(default_factory=SeedConfig)
     device: str = Field(
         "auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'..."
     )
     output: str = Field("results", description="Root folder of run directories.")
+    trackers: list[TrackerConfig] = Field(
+        default_factory=list,
+        description="Trackers observing the run, e.g. [tensorboard, mlflow]; not in the digest.",
+    )
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _trackers(cls, value: Any) -> Any:
+        return _tracker_list(value)
 
     @field_validator("compression")
     @classmethod
@@ -159,25 +242,43 @@ class ExperimentConfig(_Strict):
             )
         return value
 
+    @field_serializer("metrics")
+    def _metric_names(self, value: list[MetricConfig]) -> list[Any]:
+        # A metric without parameters is written as its name (as before metrics had params).
+        return [m.name if not m.params else {"name": m.name, "params": m.params} for m in value]
+
+    def metric_params(self) -> dict[str, dict[str, Any]]:
+        """The parameters set for each metric, by metric name."""
+        return {metric.name: dict(metric.params) for metric in self.metrics}
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value != "auto" and not (value == "cpu" or value.startswith(("cuda", "mps"))):
-            raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError(
+                f"'{value}' is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+            )
         return value
 
     def digest(self) -> str:
         """Stable hash of everything that determines the results (not the output path).
 
         The default (one-shot) schedule is left out, so one-shot runs keep the
-        digests (and run directories) they had before schedules existed.
+        digests (and run directories) they had before schedules existed; so is an
+        unset ``schedule.params`` (only plugin schedules have params).
         """
-        exclude = {"output"} | ({"schedule"} if self.schedule == ScheduleConfig() else set())
-        return config_digest(self.model_dump(mode="json", exclude=exclude))
+        exclude: dict[str, Any] = {"output": True, "trackers": True}  # trackers only observe
+        if self.schedule == ScheduleConfig():
+            exclude["schedule"] = True
+        elif self.schedule.params is None:
+            exclude["schedule"] = {"params": True}
+        return config_digest(
+            self.model_dump(mode="json", exclude=exclude, context={"all_fields": True})
+        )
 
     def dense_digest(self) -> str:
         """Hash of what determines the dense model: data, model, dense training, init seeds."""
-        data = self.model_dump(mode="json")
+        data = self.model_dump(mode="json", context={"all_fields": True})
         dataset = {
             k: v for k, v in data["dataset"].items() if k not in ("eval_batch_size", "workers")
         }
@@ -207,6 +308,9 @@ def config_digest(data: Any) -> str:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML, YAML or JSON file into a dict (by suffix)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {path} is a directory; give the path of a .toml, .yaml or "
+                        ".json file")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     text = path.read_text()
@@ -252,22 +356,30 @@ _SECTION_FIELDS = {
 }
 
 
-def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``key`` (``section.field`` or ``field``) in nested ``data``.
+def apply_override(data: dict[str, Any], key: str, value: Any) -> tuple[str, ...]:
+    """Set ``key`` (``section.field`` or ``field``) in nested ``data``; return its full path.
 
     For ``strategy``, ``dataset`` and ``model``, a key that is not one of the
     section's own fields is a parameter of the component (``dataset.root`` ->
-    ``dataset.params.root``).
+    ``dataset.params.root``). ``metrics.NAME.KEY`` sets a parameter of the
+    configured metric ``NAME`` (``metrics.latency.repeats=50``).
     """
     parts = key.split(".")
     if not all(parts):
         raise ConfigError([f"{key}: malformed key"], title="invalid -p option")
+    if parts[0] == "metrics" and len(parts) > 1:
+        return _override_metric(data, parts[1], parts[2:], value)
     if (
         parts[0] in _SECTION_FIELDS
         and len(parts) == 2
         and parts[1] not in _SECTION_FIELDS[parts[0]]
     ):
         parts = [parts[0], "params", parts[1]]
+    _set_path(data, parts, value)
+    return tuple(parts)
+
+
+def _set_path(data: dict[str, Any], parts: list[str], value: Any) -> None:
     node = data
     for part in parts[:-1]:
         child = node.get(part)
@@ -278,18 +390,85 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def parse_assignments(assignments: list[str]) -> list[tuple[str, Any]]:
-    """Split ``key=value`` strings; malformed ones are reported together."""
-    pairs, problems = [], []
+def _override_metric(
+    data: dict[str, Any], name: str, parts: list[str], value: Any
+) -> tuple[str, ...]:
+    """``metrics.NAME.KEY=VALUE``: set a parameter of the configured metric ``NAME``."""
+    parts = parts[1:] if parts[:1] == ["params"] else parts
+    if not parts:
+        raise ConfigError(
+            [f"metrics.{name}: name a parameter, e.g. -p metrics.{name}.KEY=VALUE"],
+            title="invalid -p option",
+        )
+    metrics = data.get("metrics", list(DEFAULT_METRICS))
+    if not isinstance(metrics, list):
+        raise ConfigError([f"metrics.{name}: metrics is not a list"], title="invalid -p option")
+    names = [m if isinstance(m, str) else m.get("name") if isinstance(m, dict) else None
+             for m in metrics]
+    if name not in names:
+        listed = ", ".join(str(n) for n in names) or "none"
+        raise ConfigError(
+            [f"metrics.{name}: not a configured metric (configured: {listed}); add it with "
+             f"-p metrics=[...] before setting its parameters"],
+            title="invalid -p option",
+        )
+    index = names.index(name)
+    entry = metrics[index]
+    entry = {"name": entry} if isinstance(entry, str) else dict(entry)
+    params = dict(entry.get("params") or {})
+    _set_path(params, parts, value)
+    entry["params"] = params
+    data["metrics"] = [*metrics[:index], entry, *metrics[index + 1:]]
+    return ("metrics", name, "params", *parts)
+
+
+def parse_assignments(
+    assignments: list[str], problems: list[str] | None = None
+) -> list[tuple[str, Any]]:
+    """Split ``key=value`` strings; malformed ones are reported together.
+
+    With ``problems`` given, malformed ones are appended to it instead of raised.
+    """
+    pairs, found = [], []
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            problems.append(f"-p {item}: expected key=value (e.g. -p finetune.epochs=3)")
+            found.append(f"-p {item}: expected key=value (e.g. -p finetune.epochs=3)")
             continue
         pairs.append((key.strip(), parse_value(value)))
-    if problems:
-        raise ConfigError(problems, title="invalid -p option")
+    if problems is not None:
+        problems.extend(found)
+    elif found:
+        raise ConfigError(found, title="invalid -p option")
     return pairs
+
+
+def merge_command_line(
+    data: dict[str, Any], settings: list[tuple[str, str, Any]]
+) -> list[str]:
+    """Apply command-line settings ``(how it was given, key, value)`` to ``data``, in order.
+
+    Rule: the command line overrides the config file, but may set each field
+    only once: the same field set twice with different values (``--compression 4
+    -p compression=8``) is a problem, as is an override that cannot be applied.
+    Returns the problems as ``field: problem`` lines.
+    """
+    problems: list[str] = []
+    given: dict[tuple[str, ...], tuple[str, Any]] = {}
+    for how, key, value in settings:
+        try:
+            path = apply_override(data, key, value)
+        except ConfigError as error:
+            problems.extend(error.problems)
+            continue
+        if path in given and given[path][1] != value:
+            first = given[path][0]
+            problems.append(
+                f"{'.'.join(path)}: set twice on the command line ({first} and {how}); "
+                "give it once"
+            )
+        given.setdefault(path, (how, value))
+    return problems
 
 
 def format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
@@ -303,6 +482,54 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
             message = "unknown field"
         lines.append(f"{field}: {message}")
     return lines
+
+
+def without_invalid(data: dict[str, Any], error: ValidationError) -> dict[str, Any]:
+    """A copy of ``data`` without the values ``error`` points at, so the rest can be checked.
+
+    A removed field takes its default; a list with an invalid entry goes whole
+    (removing one entry would shift the positions the other problems name).
+    """
+    cleaned = copy.deepcopy(data)
+    for item in error.errors():
+        location = tuple(item["loc"])
+        for position, part in enumerate(location):
+            if isinstance(part, int):
+                location = location[:position]
+                break
+        _delete(cleaned, location)
+    return cleaned
+
+
+def _delete(data: Any, location: tuple[Any, ...]) -> None:
+    node = data
+    for part in location[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return
+    if not location:
+        return
+    last = location[-1]
+    if isinstance(node, dict):
+        node.pop(last, None)
+    elif isinstance(node, list) and isinstance(last, int) and last < len(node):
+        del node[last]
+
+
+def salvage_config(data: dict[str, Any], error: ValidationError) -> ExperimentConfig | None:
+    """The config ``data`` would be without its invalid values (``None`` if still invalid).
+
+    Used to report the problems of the valid part too (component names and
+    parameters) in the same round as the invalid fields.
+    """
+    for _ in range(3):
+        data = without_invalid(data, error)
+        try:
+            return ExperimentConfig.model_validate(data)
+        except ValidationError as again:
+            error = again
+    return None
 
 
 def build_config(data: dict[str, Any]) -> ExperimentConfig:

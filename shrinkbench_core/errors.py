@@ -6,6 +6,9 @@ Anything raised as a :class:`UserError` is shown by the CLI as a short message
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 
 class UserError(Exception):
     """A mistake in the user's input: shown without a traceback, exit code 2."""
@@ -22,7 +25,9 @@ class ConfigError(UserError):
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
-        return self.title + ":\n" + "\n".join(f"  {p}" for p in self.problems)
+        # A problem may carry more lines (e.g. a broken plugin's error): indent them further.
+        lines = [f"  {p}".replace("\n", "\n    ") for p in self.problems]
+        return self.title + ":\n" + "\n".join(lines)
 
 
 class UnknownComponentError(UserError, LookupError):
@@ -47,3 +52,32 @@ class DataMissingError(UserError, FileNotFoundError):
 
 class CheckpointError(UserError):
     """A checkpoint that is corrupted or does not match the model."""
+
+
+class ShrinkBenchWarning(UserWarning):
+    """Something the user should know that does not stop the run.
+
+    The CLI prints it as one ``shrinkbench: warning: ...`` line (no source line);
+    Python callers can filter or catch it like any warning.
+    """
+
+
+def warn(message: str) -> None:
+    """Issue a :class:`ShrinkBenchWarning` attributed to the caller's caller."""
+    warnings.warn(message, ShrinkBenchWarning, stacklevel=3)
+
+
+def show_shrinkbench_warnings() -> None:
+    """Print ShrinkBench warnings as one plain line each (other warnings keep Python's format)."""
+    if getattr(warnings.showwarning, "_shrinkbench", False):
+        return
+    original = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ShrinkBenchWarning):
+            print(f"shrinkbench: warning: {message}", file=file or sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    showwarning._shrinkbench = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning

@@ -77,6 +77,31 @@ class PluginSelection:
             disabled=_split_names(env.get("SHRINKBENCH_DISABLE_PLUGINS", "")),
         )
 
+    def describe(self) -> str:
+        """The environment settings that filter plugins, as ``VAR=value`` (for messages)."""
+        parts = []
+        if self.load_only is not None:
+            parts.append(f"SHRINKBENCH_LOAD_PLUGINS={','.join(sorted(self.load_only))}")
+        if self.disabled:
+            parts.append(f"SHRINKBENCH_DISABLE_PLUGINS={','.join(sorted(self.disabled))}")
+        return " and ".join(parts) or "no plugin selection"
+
+    def unknown_names(self, installed: Iterable[str]) -> list[str]:
+        """Warnings for names in the selection that no installed plugin has."""
+        installed = set(installed) | {BUILTIN_PLUGIN_NAME}
+        available = ", ".join(sorted(installed)) or "(none)"
+        lines = []
+        for variable, names in (
+            ("SHRINKBENCH_LOAD_PLUGINS", self.load_only or set()),
+            ("SHRINKBENCH_DISABLE_PLUGINS", self.disabled),
+        ):
+            for name in sorted(set(names) - installed):
+                lines.append(
+                    f"{variable} names '{name}', which is not an installed plugin "
+                    f"(installed: {available})"
+                )
+        return lines
+
     def allows(self, name: str) -> bool:
         """Whether the plugin called ``name`` may be loaded."""
         if name in self.disabled:
@@ -149,8 +174,11 @@ def make_plugin_manager(
     manager = PluginManager(selection)
     manager.register_plugin(builtin, BUILTIN_PLUGIN_NAME, "shrinkbench-core", __version__)
     if load_entry_points:
-        for entry_point in iter_entry_points():
+        entry_points = list(iter_entry_points())
+        for entry_point in entry_points:
             _load_entry_point(manager, entry_point)
+        for line in selection.unknown_names(entry_point.name for entry_point in entry_points):
+            print(f"shrinkbench: warning: {line}", file=sys.stderr)
     for name, plugin in extra_plugins:
         manager.register_plugin(plugin, name)
     return manager

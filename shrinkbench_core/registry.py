@@ -20,7 +20,15 @@ from shrinkbench_core.plugins import PluginManager, make_plugin_manager
 from shrinkbench_core.specs import SPEC_TYPES, ComponentSpec
 
 KINDS = tuple(SPEC_TYPES)
-SINGULAR = {"strategies": "strategy", "datasets": "dataset", "models": "model", "metrics": "metric"}
+SINGULAR = {
+    "strategies": "strategy",
+    "datasets": "dataset",
+    "models": "model",
+    "metrics": "metric",
+    "schedules": "schedule",
+    "trackers": "tracker",
+}
+MAX_CANDIDATES = 12  # an unknown name lists every known one when there are at most this many
 
 
 def _format_validation_error(error: ValidationError) -> str:
@@ -49,6 +57,14 @@ class Registry:
                 continue
             try:
                 items = implementation.function()
+            except ValidationError as error:  # e.g. StrategySpec(...) built with a wrong field
+                info.fail(
+                    f"invalid {SINGULAR[kind]} spec built in shrinkbench_register_{kind} "
+                    f"({error.title}): {_format_validation_error(error)}"
+                )
+                self.manager.report(info)
+                self._drop_plugin(info.name)
+                continue
             except Exception as error:  # a plugin's bug must not take the others down
                 info.fail(f"shrinkbench_register_{kind} raised {type(error).__name__}: {error}")
                 self.manager.report(info)
@@ -164,7 +180,18 @@ class Registry:
         close += [k for k in known if k.lower() == name.lower() and k not in close]
         if close:
             message += f" Did you mean: {', '.join(close)}?"
-        broken = [info for info in self.manager.infos.values() if info.status == "error"]
+        elif known and len(known) <= MAX_CANDIDATES:
+            message += f" Available: {', '.join(known)}."
+        elif not known:
+            message += f" No loaded plugin registers any {kind}."
+        infos = self.manager.infos.values()
+        filtered = sorted(info.name for info in infos if info.status == "disabled")
+        if filtered:
+            message += (
+                f"\nnot loaded because of {self.manager.selection.describe()}: "
+                f"{', '.join(filtered)} (one of them may provide it)"
+            )
+        broken = [info for info in infos if info.status == "error"]
         plugin = name.partition(":")[0] if ":" in name else None
         for info in broken:
             if plugin is None or plugin == info.name:

@@ -11,6 +11,8 @@ Factory contracts (what the object named by ``factory`` must be):
 * dataset: ``build(params, *, seed: int) -> shrinkbench_core.data.DataSplits``.
 * model: ``build(params, *, num_classes: int, input_shape: tuple[int, ...]) -> torch.nn.Module``.
 * metric: ``compute(context: shrinkbench_core.metrics.MetricContext, params) -> dict[str, object]``.
+* schedule: a subclass of :class:`shrinkbench_core.experiment.schedule_api.Schedule`.
+* tracker: ``factory(params) -> object`` whose methods implement lifecycle hooks.
 
 ``params`` is always an instance of the spec's ``parameters`` model.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]*$"
 FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
@@ -64,11 +66,7 @@ class ComponentSpec(BaseModel):
 
     def load(self) -> Any:
         """Import and return the object named by ``factory``."""
-        module_name, _, attr_path = self.factory.partition(":")
-        obj: Any = importlib.import_module(module_name)
-        for attr in attr_path.split("."):
-            obj = getattr(obj, attr)
-        return obj
+        return _import_path(self.factory)
 
     def parameter_defaults(self) -> dict[str, Any]:
         """Each parameter with its default (``None`` marks a required one)."""
@@ -94,6 +92,15 @@ class ComponentSpec(BaseModel):
         return data
 
 
+def _import_path(path: str) -> Any:
+    """The object named by ``"module:attr.attr"``."""
+    module_name, _, attr_path = path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for attr in attr_path.split("."):
+        obj = getattr(obj, attr)
+    return obj
+
+
 def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -110,7 +117,9 @@ class StrategySpec(ComponentSpec):
     ``scope`` says whether the budget is spread over the whole model
     (``global``) or applied to each layer alike (``layerwise``); ``structure``
     what a mask removes. ``needs_data`` / ``needs_gradients`` tell the runner to
-    pass calibration batches.
+    pass calibration batches; gradients are measured on them, so
+    ``needs_gradients=True`` implies ``needs_data=True`` (stating
+    ``needs_data=False`` beside it is an error).
     """
 
     kind: ClassVar[str] = "strategy"
@@ -121,14 +130,41 @@ class StrategySpec(ComponentSpec):
     needs_gradients: bool = False
     reference: str | None = Field(default=None, description="Paper the scoring rule follows.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _gradients_need_data(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("needs_gradients") is True:
+            if "needs_data" not in data:
+                return {**data, "needs_data": True}
+            if data["needs_data"] is False:
+                raise ValueError(
+                    "needs_gradients=True needs needs_data=True (gradients are measured on "
+                    "calibration batches)"
+                )
+        return data
+
 
 class DatasetSpec(ComponentSpec):
-    """A classification dataset: its input shape (C, H, W or features) and classes."""
+    """A classification dataset: its input shape (C, H, W or features) and classes.
+
+    ``check`` optionally names (lazily, ``"module:attr"``) a function
+    ``check(params) -> list[str]`` that finds problems cheaply before a run
+    (files missing, split sizes larger than the data) without loading the data.
+    Each problem is ``"parameter: problem"`` (or just a sentence); the core
+    reports it as ``dataset.params.parameter: problem`` during validation.
+    """
 
     kind: ClassVar[str] = "dataset"
 
     input_shape: tuple[int, ...]
     num_classes: int = Field(gt=1)
+    check: str | None = Field(
+        default=None, pattern=FACTORY_PATTERN, description="Lazy 'module:attr' of check(params)."
+    )
+
+    def load_check(self) -> Any:
+        """Import and return the ``check`` function (``None`` when the spec has none)."""
+        return _import_path(self.check) if self.check else None
 
 
 class ModelSpec(ComponentSpec):
@@ -161,9 +197,42 @@ class MetricSpec(ComponentSpec):
     higher_is_better: bool | None = None
 
 
+class ScheduleSpec(ComponentSpec):
+    """A pruning schedule: when (and how often) the masks change.
+
+    ``factory`` names a subclass of :class:`shrinkbench_core.experiment.schedule_api.Schedule`,
+    built as ``factory(params, compression=target)``. ``during_training`` says that the masks
+    change while the model trains (gradual pruning, sparse training) rather than before
+    fine-tuning.
+    """
+
+    kind: ClassVar[str] = "schedule"
+
+    during_training: bool = False
+    reference: str | None = Field(default=None, description="Paper the schedule follows.")
+
+
+class TrackerSpec(ComponentSpec):
+    """An experiment tracker (TensorBoard, MLflow, W&B, ...), selected with ``trackers``.
+
+    ``factory`` names ``factory(params) -> object``: a plugin object whose methods are
+    ``shrinkbench_*`` lifecycle hook implementations, registered for one run. ``requires``
+    lists the modules it imports when the run starts and ``extra`` the ``pip install``
+    target that provides them (e.g. ``"shrinkbench-core[tensorboard]"``), so that a missing
+    library is reported before anything runs.
+    """
+
+    kind: ClassVar[str] = "tracker"
+
+    requires: tuple[str, ...] = Field(default=(), description="Modules imported at run start.")
+    extra: str | None = Field(default=None, description="pip target providing `requires`.")
+
+
 SPEC_TYPES: dict[str, type[ComponentSpec]] = {
     "strategies": StrategySpec,
     "datasets": DatasetSpec,
     "models": ModelSpec,
     "metrics": MetricSpec,
+    "schedules": ScheduleSpec,
+    "trackers": TrackerSpec,
 }

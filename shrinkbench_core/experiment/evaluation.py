@@ -12,9 +12,16 @@ from shrinkbench_core.specs import MetricSpec
 
 
 def evaluate_stage(
-    context: MetricContext, specs: list[MetricSpec], quiet: bool = False
+    context: MetricContext,
+    specs: list[MetricSpec],
+    quiet: bool = False,
+    params: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """``{metric name: its result}`` for every metric spec, computed on ``context``.
+
+    ``params`` holds the parameters set for each metric by name (the config's
+    ``metrics`` entries, ``ExperimentConfig.metric_params()``); unset ones keep
+    their defaults.
 
     A metric whose parameters have a ``split`` field is computed on every split
     of the context (test and, when present, validation); its keys are then
@@ -23,14 +30,15 @@ def evaluate_stage(
     results: dict[str, Any] = {}
     for spec in specs:
         compute = spec.load()
-        if "split" in spec.parameters.model_fields:
+        given = (params or {}).get(spec.name, {})
+        if "split" in spec.parameters.model_fields and "split" not in given:
             merged: dict[str, Any] = {}
             for split in context.loaders:
-                values = compute(context, spec.parameters(split=split))
+                values = compute(context, spec.parameters(**{**given, "split": split}))
                 merged.update({f"{split}_{key}": value for key, value in values.items()})
             results[spec.name] = merged
         else:
-            results[spec.name] = compute(context, spec.parameters())
+            results[spec.name] = compute(context, spec.parameters(**given))
     return results
 
 

@@ -1,16 +1,25 @@
-"""Check an experiment config against the registry, all problems at once."""
+"""Check an experiment config against the registry, all problems at once.
+
+Besides names and parameters, validation imports every factory the run will
+use (a plugin whose module cannot be imported is reported before anything
+runs) and, with ``check_environment``, checks what this machine must provide:
+the device, files named by the config, and the dataset's own cheap checks.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from shrinkbench_core.config import ExperimentConfig, format_validation_error
+from shrinkbench_core.config import ExperimentConfig, format_validation_error, salvage_config
 from shrinkbench_core.errors import ConfigError, UserError
+from shrinkbench_core.factories import factory_problem
 from shrinkbench_core.registry import Registry
 from shrinkbench_core.specs import DatasetSpec, MetricSpec, ModelSpec, StrategySpec
+from shrinkbench_core.trackers.selection import tracker_problems
 
 
 @dataclass
@@ -30,11 +39,17 @@ class ResolvedExperiment:
 
 
 def _lookup(registry: Registry, kind: str, name: str, field: str, problems: list[str]) -> Any:
+    """The spec called ``name`` whose factory imports; else ``None`` and a problem line."""
     try:
-        return registry.get(kind, name)
+        spec = registry.get(kind, name)
     except UserError as error:
-        problems.append(f"{field}: {str(error).splitlines()[0]}")
+        problems.append(f"{field}: {error}")  # every line: suggestions, broken plugins, hints
         return None
+    problem = factory_problem(spec)
+    if problem:
+        problems.append(f"{field}: {problem}")
+        return None
+    return spec
 
 
 def _params(spec: Any, params: dict[str, Any], field: str, problems: list[str]) -> dict[str, Any]:
@@ -75,17 +90,32 @@ def schedule_problems(config: ExperimentConfig) -> list[str]:
     return []
 
 
-def resolve_config(config: ExperimentConfig, registry: Registry) -> ResolvedExperiment:
-    """Validate names and parameters of every component; raise one :class:`ConfigError`."""
+def resolve_config(
+    config: ExperimentConfig, registry: Registry, check_environment: bool = False
+) -> ResolvedExperiment:
+    """Validate names, factories and parameters of every component; one :class:`ConfigError`.
+
+    ``check_environment`` also checks this machine (see :func:`environment_problems`);
+    leave it off where the run happens elsewhere (a Ray cluster).
+    """
     problems: list[str] = []
     strategy = _lookup(registry, "strategies", config.strategy.name, "strategy.name", problems)
     dataset = _lookup(registry, "datasets", config.dataset.name, "dataset.name", problems)
     model = _lookup(registry, "models", config.model.name, "model.name", problems)
     metrics = [
-        _lookup(registry, "metrics", name, f"metrics[{index}]", problems)
-        for index, name in enumerate(config.metrics)
+        _lookup(registry, "metrics", metric.name, f"metrics[{index}]", problems)
+        for index, metric in enumerate(config.metrics)
     ]
     data = config.model_dump()
+    for index, (metric, spec) in enumerate(zip(config.metrics, metrics, strict=True)):
+        first = [m.name for m in config.metrics].index(metric.name)
+        if first < index:
+            problems.append(
+                f"metrics[{index}]: '{metric.name}' is already metrics[{first}]; list each "
+                "metric once"
+            )
+        elif spec:  # checked, not filled in: a metric's defaults stay out of the digest
+            _params(spec, metric.params, f"metrics[{index}].params", problems)
     if strategy:
         data["strategy"]["name"] = (
             strategy.qualified_name if ":" in config.strategy.name else strategy.name
@@ -114,10 +144,103 @@ def resolve_config(config: ExperimentConfig, registry: Registry) -> ResolvedExpe
         elif model and "weights" not in model.parameters.model_fields:
             problems.append(f"dense.weights: model {model.name} has no named pretrained weights")
     problems.extend(schedule_problems(config))
+    problems.extend(tracker_problems(config, registry))  # names, params, missing libraries
     if strategy and strategy.needs_data and config.calibration_batches < 1:
         problems.append(f"calibration_batches: strategy {strategy.name} needs at least 1")
+    if check_environment:
+        problems.extend(environment_problems(config, dataset))
     if problems:
         raise ConfigError(problems)
     return ResolvedExperiment(
         ExperimentConfig.model_validate(data), strategy, dataset, model, [m for m in metrics if m]
     )
+
+
+def validate_experiment(
+    data: dict[str, Any],
+    registry: Registry,
+    problems: list[str] | tuple[str, ...] = (),
+    check_environment: bool = True,
+) -> ResolvedExperiment:
+    """Build and resolve a config dict, reporting every problem in one :class:`ConfigError`.
+
+    Invalid fields do not hide the other problems: the config is also checked
+    without them (they take their defaults), so component names, factories,
+    parameters and the environment are reported in the same round.
+    ``problems`` are earlier ones (e.g. from parsing ``-p``) to report with them.
+    """
+    found = list(problems)
+    config: ExperimentConfig | None
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as error:
+        found.extend(format_validation_error(error))
+        config = salvage_config(data, error)
+    resolved = None
+    if config is not None:
+        try:
+            resolved = resolve_config(config, registry, check_environment=check_environment)
+        except ConfigError as error:
+            found.extend(line for line in error.problems if line not in found)
+    if found or resolved is None:
+        raise ConfigError(found or ["(config): invalid"])
+    return resolved
+
+
+def environment_problems(config: ExperimentConfig, dataset: DatasetSpec | None) -> list[str]:
+    """What this machine lacks for the run: the device, the dense checkpoint, the data."""
+    problems = []
+    device = device_problem(config.device)
+    if device:
+        problems.append(f"device: {device}")
+    dense = config.dense
+    if dense.source == "checkpoint" and dense.checkpoint:
+        path = Path(dense.checkpoint).expanduser()
+        if path.is_dir():
+            problems.append(f"dense.checkpoint: {path} is a directory; give a state_dict file")
+        elif not path.exists():
+            problems.append(f"dense.checkpoint: {path} not found")
+    if dataset is not None:
+        problems.extend(dataset_problems(dataset, config.dataset.params))
+    return problems
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used on this machine (``None`` when it can, or for auto/cpu)."""
+    if device in ("auto", "cpu"):
+        return None
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA"
+            return (
+                f"'{device}' asked for, but CUDA is not available here (torch "
+                f"{torch.__version__} built with {built}); use 'cpu' or 'auto'"
+            )
+        index = int(device.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            return f"'{device}' does not exist: this machine has {count} CUDA device(s)"
+    if device.startswith("mps"):
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            return f"'{device}' asked for, but MPS is not available here; use 'cpu' or 'auto'"
+    return None
+
+
+def dataset_problems(spec: DatasetSpec, params: dict[str, Any]) -> list[str]:
+    """The dataset plugin's own cheap checks (files present, split sizes), as problem lines."""
+    try:
+        check = spec.load_check()
+        if check is None:
+            return []
+        found = check(spec.parameters(**params)) or []
+    except UserError as error:
+        return [f"dataset.params: {error}"]
+    except Exception as error:  # a broken check must not hide the config's other problems
+        return [
+            f"dataset.name: the data check of plugin {spec.distribution or spec.plugin} failed: "
+            f"{type(error).__name__}: {error}"
+        ]
+    return [f"dataset.params.{line}" if ": " in line else f"dataset: {line}" for line in found]

@@ -502,7 +502,9 @@ class Experiment:
         """Every configured metric at one stage."""
         context = self.context(model, splits, masks, prunable, stage)
         specs = [m for m in self.resolved.metrics if not accuracy_only or m.name == "accuracy"]
-        return evaluate_stage(context, specs, quiet=self.quiet)
+        return evaluate_stage(
+            context, specs, quiet=self.quiet, params=self.resolved.config.metric_params()
+        )
 
     def pruner(
         self, model: nn.Module, splits: DataSplits, prunable: list[str], classifier: str | None
