@@ -1,4 +1,4 @@
-"""The core's own plugin: the embedded default data and models, and the standard metrics.
+"""The core's own plugin: embedded default data and models, standard metrics, trackers.
 
 It registers through the same hooks as every third-party plugin. Importing it
 does not import torch: factories are named as ``"module:attr"`` strings.
@@ -28,3 +28,11 @@ def shrinkbench_register_metrics() -> list:
     from shrinkbench_core.builtin.metrics import metric_specs
 
     return metric_specs()
+
+
+@hookimpl
+def shrinkbench_register_trackers() -> list:
+    """Register the ``tensorboard``, ``mlflow`` and ``wandb`` trackers."""
+    from shrinkbench_core.builtin.trackers import tracker_specs
+
+    return tracker_specs()
