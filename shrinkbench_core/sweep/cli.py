@@ -71,7 +71,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         from shrinkbench_core.registry import get_registry
 
-        print(describe_plan(expand_sweep(sweep, get_registry(), args.output)))
+        runs = expand_sweep(
+            sweep, get_registry(), args.output, check_environment=args.executor == "local"
+        )
+        print(describe_plan(runs))
         return 0
     summary = run_sweep(
         sweep,

@@ -20,12 +20,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from shrinkbench_core.config import ExperimentConfig, build_config, read_config_file
+from shrinkbench_core.config import ExperimentConfig, read_config_file
 from shrinkbench_core.errors import ConfigError
 from shrinkbench_core.results.collect import format_params
 
@@ -79,6 +80,11 @@ class SweepFile(BaseModel):
     shared: dict[str, Any] = Field(
         default_factory=dict, description="ExperimentConfig fields shared by every run."
     )
+    #: Where the sweep was read from (named in every error header).
+    _source: str = PrivateAttr("sweep file")
+    #: Grid entries that were invalid in the file (``(list, index)``): runs using them are
+    #: not checked again (only set on a salvaged sweep, see :func:`parse_sweep`).
+    _skip: frozenset[tuple[str, int]] = PrivateAttr(frozenset())
 
     @field_validator("shared")
     @classmethod
@@ -133,12 +139,75 @@ def load_sweep_file(path: str | Path) -> SweepFile:
     return parse_sweep(read_config_file(path), source=str(path))
 
 
-def parse_sweep(data: dict[str, Any], source: str = "sweep file") -> SweepFile:
-    """Validate a sweep dict; problems are ``field: problem`` lines."""
+def parse_sweep(
+    data: dict[str, Any], source: str = "sweep file", registry: Any = None
+) -> SweepFile:
+    """Validate a sweep dict; problems are ``field: problem`` lines.
+
+    When the file itself is invalid, the experiments its valid entries expand
+    to are checked too (against ``registry``, default the installed plugins),
+    so that every problem is reported in one round.
+    """
     try:
-        return SweepFile.model_validate(data)
+        sweep = SweepFile.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(sweep_problems(error), title=f"invalid sweep file {source}") from None
+        problems = sweep_problems(error)
+        salvaged = _salvage(data, error)
+        if salvaged is not None:
+            if registry is None:
+                from shrinkbench_core.registry import get_registry
+
+                registry = get_registry()
+            try:
+                expand_sweep(salvaged, registry, check_environment=False)
+            except ConfigError as more:
+                problems += [line for line in more.problems if line not in problems]
+        raise ConfigError(problems, title=f"invalid sweep file {source}") from None
+    sweep._source = source
+    return sweep
+
+
+#: A valid stand-in for an invalid entry of each grid list (never checked: see ``_skip``).
+_PLACEHOLDERS: dict[str, Any] = {
+    "strategies": {"name": "_"},
+    "datasets": {"name": "_"},
+    "models": {"name": "_"},
+    "compressions": 1.0,
+    "seeds": 0,
+}
+
+
+def _salvage(data: dict[str, Any], error: ValidationError) -> SweepFile | None:
+    """The sweep without its invalid parts (``None`` if that still fails).
+
+    An invalid grid entry is replaced by a stand-in whose runs are skipped (so
+    the positions the other problems name stay right); an invalid top-level
+    field takes its default; ``shared`` loses the keys it may not set.
+    """
+    data = copy.deepcopy(data)
+    skip: set[tuple[str, int]] = set()
+    for item in error.errors():
+        location = item["loc"]
+        head = location[0] if location else None
+        if head in _PLACEHOLDERS:
+            values = data.get(head)
+            if len(location) > 1 and isinstance(location[1], int) and isinstance(values, list):
+                values[location[1]] = _PLACEHOLDERS[head]
+                skip.add((head, location[1]))
+            else:  # the list itself: missing, empty or not a list
+                data[head] = [_PLACEHOLDERS[head]]
+                skip.add((head, 0))
+        elif head == "shared" and isinstance(data.get("shared"), dict):
+            for key in [*GRID_FIELDS, "output"]:
+                data["shared"].pop(key, None)
+        elif head is not None:
+            data.pop(head, None)
+    try:
+        sweep = SweepFile.model_validate(data)
+    except ValidationError:
+        return None
+    sweep._skip = frozenset(skip)
+    return sweep
 
 
 def sweep_problems(error: ValidationError) -> list[str]:
@@ -211,53 +280,38 @@ def _locate(line: str, where: dict[str, int], sweep: SweepFile) -> str:
 
 
 def expand_sweep(
-    sweep: SweepFile, registry: Any, output: str | Path | None = None
+    sweep: SweepFile,
+    registry: Any,
+    output: str | Path | None = None,
+    check_environment: bool = False,
 ) -> list[PlannedRun]:
     """Validate every experiment of the grid and plan its run; one :class:`ConfigError` for all.
 
     ``output`` overrides the sweep file's; it is made absolute (relative to the
     current directory) so that workers on any node write to the same place.
+    ``check_environment`` also checks this machine (device, data): right for
+    the local executor, not for a cluster whose nodes may differ.
     """
-    from shrinkbench_core.experiment.resolve import resolve_config
+    from shrinkbench_core.experiment.resolve import validate_experiment
 
     root = Path(output if output is not None else sweep.output).expanduser().resolve()
     problems: list[str] = []
     runs: list[PlannedRun] = []
     for data, where in grid(sweep.model_copy(update={"output": str(root)})):
+        if any((grid_list, index) in sweep._skip for grid_list, index in where.items()):
+            continue
         try:
-            resolved = resolve_config(build_config(data), registry)
+            resolved = validate_experiment(data, registry, check_environment=check_environment)
         except ConfigError as error:
-            found = list(error.problems) + _component_problems(data, registry)
-            for line in found:
+            for line in error.problems:
                 located = _locate(line, where, sweep)
                 if located not in problems:
                     problems.append(located)
             continue
         runs.append(_plan(len(runs), resolved, root))
     if problems:
-        raise ConfigError(problems, title="invalid sweep")
+        raise ConfigError(problems, title=f"invalid sweep file {sweep._source}")
     return runs
-
-
-def _component_problems(data: dict[str, Any], registry: Any) -> list[str]:
-    """Problems of the component names and parameters alone.
-
-    When another field of an experiment is invalid its config cannot be
-    resolved; checking the components separately still reports them all at once.
-    """
-    from shrinkbench_core.experiment.resolve import resolve_config
-
-    sections = {
-        key: {"name": data[key]["name"], "params": data[key].get("params", {})}
-        for key in ("strategy", "dataset", "model")
-        if isinstance(data.get(key), dict) and isinstance(data[key].get("name"), str)
-        and isinstance(data[key].get("params", {}), dict)
-    }
-    try:
-        resolve_config(build_config({**sections, "metrics": []}), registry)
-    except ConfigError as error:
-        return error.problems
-    return []
 
 
 def _plan(index: int, resolved: Any, root: Path) -> PlannedRun:

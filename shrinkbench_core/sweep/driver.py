@@ -136,7 +136,7 @@ def run_sweep(
         from shrinkbench_core.registry import get_registry
 
         registry = get_registry()
-    runs = expand_sweep(sweep, registry, output)
+    runs = expand_sweep(sweep, registry, output, check_environment=executor == "local")
     summary = SweepSummary(output=runs[0].path.parent.parent if runs else Path(sweep.output))
     started = time.perf_counter()
     pending = []
