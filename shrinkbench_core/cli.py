@@ -27,6 +27,9 @@ EXTRA_COMMANDS = (
 
 
 def _guard(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    from shrinkbench_core.errors import show_shrinkbench_warnings
+
+    show_shrinkbench_warnings()  # ShrinkBench warnings as one line each, no source line
     try:
         return handler(args)
     except UserError as error:
@@ -89,12 +92,20 @@ def cmd_list(args: argparse.Namespace) -> int:
         name = spec.qualified_name if spec.qualified_name in clashing else spec.name
         params = ", ".join(f"{k}={v!r}" for k, v in spec.parameter_defaults().items()) or "-"
         rows.append([name, spec.plugin or "-", spec.summary, params])
-    print(format_table(["name", "plugin", "summary", "parameters"], rows, max_width=60))
+    print(format_table(["name", "plugin", "summary", "parameters"], rows, max_width=None))
     return 0
 
 
-def format_table(header: Sequence[str], rows: list[list[Any]], max_width: int = 80) -> str:
-    """A plain-text table; cells longer than ``max_width`` are cut."""
+def format_table(
+    header: Sequence[str], rows: list[list[Any]], max_width: int | None = 80
+) -> str:
+    """A plain-text table; cells longer than ``max_width`` are cut.
+
+    ``max_width=None`` fits the table to the terminal: on a terminal the widest
+    columns are cut just enough to fit its width; piped output is never cut.
+    """
+    if max_width is None:
+        max_width = _fitting_width([list(header), *rows])
     cells = [
         [str(c) if len(str(c)) <= max_width else str(c)[: max_width - 1] + "…" for c in row]
         for row in [list(header), *rows]
@@ -107,11 +118,30 @@ def format_table(header: Sequence[str], rows: list[list[Any]], max_width: int = 
     return "\n".join(lines)
 
 
+def _fitting_width(rows: list[list[Any]]) -> int:
+    """The largest cell width that keeps the table within the terminal (no limit when piped)."""
+    import shutil
+
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    if not sys.stdout.isatty():
+        return max(widths)
+    columns = shutil.get_terminal_size().columns
+    limit = max(widths)
+    while limit > 20 and sum(min(w, limit) for w in widths) + 2 * (len(widths) - 1) > columns:
+        limit -= 1
+    return limit
+
+
 # -- run ------------------------------------------------------------------------
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``shrinkbench-run`` (also ``shrinkbench run``)."""
-    parser.add_argument("--strategy", help="strategy name (see `shrinkbench list strategies`)")
-    parser.add_argument("--compression", type=float, help="all params / nonzero params, >= 1")
+    parser.add_argument(
+        "--strategy",
+        help="strategy name (default: GlobalMagWeight; see `shrinkbench list strategies`)",
+    )
+    parser.add_argument(
+        "--compression", type=float, help="all params / nonzero params, >= 1 (default: 4)"
+    )
     parser.add_argument("--dataset", help="dataset name (default: digits)")
     parser.add_argument("--model", help="model name (default: mlp)")
     parser.add_argument(
@@ -253,7 +283,8 @@ def run_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="shrinkbench-run",
         description="Prune a model with a strategy, fine-tune it and report accuracy, compression "
-        "and speedup. Defaults: dataset digits (embedded), model mlp.",
+        "and speedup. Defaults: strategy GlobalMagWeight at compression 4, dataset digits "
+        "(embedded), model mlp.",
     )
     add_run_arguments(parser)
     args = parser.parse_args(argv)

@@ -12,5 +12,14 @@ def run_name(resolved: ResolvedExperiment) -> str:
     schedule = "" if config.schedule.kind == "oneshot" else f"-{config.schedule.label()}"
     return (
         f"{config.dataset.name}-{config.model.name}-{strategy}-"
-        f"c{config.compression:g}-s{config.seed}{schedule}-{config.digest()[:10]}"
+        f"{sparsity_label(resolved)}-s{config.seed}{schedule}-{config.digest()[:10]}"
     )
+
+
+def sparsity_label(resolved: ResolvedExperiment) -> str:
+    """``c4`` for a requested compression; ``2of4`` for an N:M pattern, which fixes it."""
+    params = resolved.config.strategy.params
+    spec = getattr(resolved, "strategy", None)
+    if getattr(spec, "structure", None) == "n:m" and "n" in params and "m" in params:
+        return f"{params['n']}of{params['m']}"
+    return f"c{resolved.config.compression:g}"

@@ -111,16 +111,32 @@ class PlannedRun:
     path: Path  # run directory
     dense_digest: str  # runs with the same value share one dense baseline
 
-    def describe(self) -> str:
-        """One line: dataset, model, strategy (+params), compression, seed."""
+    def columns(self) -> list[str]:
+        """Dataset, model, strategy (+params), compression and seed, as table cells."""
         c = self.config
         strategy = c["strategy"]["name"]
         if c["strategy"]["params"]:
             strategy += f"({format_params(c['strategy']['params'])})"
-        return (
-            f"{c['dataset']['name']}  {c['model']['name']}  {strategy}  "
-            f"c={c['compression']:g}  seed={c['seed']}"
-        )
+        return [
+            c["dataset"]["name"],
+            c["model"]["name"],
+            strategy,
+            f"c={c['compression']:g}",
+            f"seed={c['seed']}",
+        ]
+
+    def describe(self) -> str:
+        """One line: dataset, model, strategy (+params), compression, seed."""
+        return "  ".join(self.columns())
+
+
+def aligned_columns(rows: list[list[str]]) -> list[str]:
+    """Rows of cells joined into lines whose columns line up."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            for row in rows]
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from shrinkbench_core.errors import UserError
-from shrinkbench_core.sweep.config import PlannedRun, SweepFile, expand_sweep, sharing_order
+from shrinkbench_core.sweep.config import (
+    PlannedRun,
+    SweepFile,
+    aligned_columns,
+    expand_sweep,
+    sharing_order,
+)
 from shrinkbench_core.sweep.worker import (
     FAILED,
     INTERRUPTED,
@@ -226,8 +232,10 @@ def describe_plan(runs: list[PlannedRun]) -> str:
         f"{len(runs)} runs ({complete} complete, {len(runs) - complete} to run), "
         f"{baselines} dense baselines, output {root}"
     ]
-    width = len(str(len(runs)))
-    for run in runs:
-        state = "complete" if is_complete(run) else "to run"
-        lines.append(f"  {run.index + 1:>{width}}  {run.describe()}  [{state}]  {run.name}")
+    rows = [
+        [str(run.index + 1).rjust(len(str(len(runs)))), *run.columns(),
+         "[complete]" if is_complete(run) else "[to run]", run.name]
+        for run in runs
+    ]
+    lines += [f"  {line}" for line in aligned_columns(rows)]
     return "\n".join(lines)

@@ -20,13 +20,12 @@ is not a multiple of ``m``) stop the run by default; with
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-from shrinkbench_core.errors import CompressionError, MaskError, UserError
+from shrinkbench_core.errors import CompressionError, MaskError, UserError, warn
 from shrinkbench_core.pruning import Masks, Strategy
 from shrinkbench_strategies.params import NMParameters
 
@@ -111,10 +110,7 @@ class NMMagnitude(Strategy):
             )
         self.skipped = reasons
         if reasons:
-            warnings.warn(
-                f"N:M {n}:{m}: left {len(reasons)} parameter(s) dense: {', '.join(reasons)}",
-                stacklevel=2,
-            )
+            warn(f"N:M {n}:{m}: left {len(reasons)} parameter(s) dense: {', '.join(reasons)}")
         masks: Masks = {}
         for name, p in params.items():
             masks[name] = p != 0 if name in reasons else nm_mask(p, n, m)
@@ -129,9 +125,8 @@ class NMMagnitude(Strategy):
         self.achieved_compression = total / (self.budget.fixed_nonzero + kept)
         requested = self.compression
         if abs(self.achieved_compression - requested) > 0.01 * requested:
-            warnings.warn(
+            warn(
                 f"N:M {self.options.n}:{self.options.m} reaches compression "
                 f"{self.achieved_compression:.4g}; the requested {requested:g} is ignored "
-                "(the pattern fixes the sparsity)",
-                stacklevel=3,
+                "(the pattern fixes the sparsity)"
             )
