@@ -213,9 +213,7 @@ def test_missing_library_is_one_line_naming_the_extra(block):
 def test_missing_library_stops_the_cli_before_anything_runs(block, tmp_path, capsys):
     block("mlflow")
     output = tmp_path / "results"
-    code = cli.run_main(
-        ["--quiet", "--output", str(output), "-p", "trackers=[tensorboard,mlflow]"]
-    )
+    code = cli.run_main(["--quiet", "--output", str(output), "-p", "trackers=[tensorboard,mlflow]"])
     err = capsys.readouterr().err
     assert code == 2
     assert "trackers: 'mlflow' needs the mlflow package: pip install " in err

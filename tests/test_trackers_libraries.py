@@ -23,16 +23,46 @@ from shrinkbench_core.registry import Registry
 from shrinkbench_core.trackers import tracker_plugins
 
 DENSE_LOGS = [
-    {"epoch": 1, "lr": 0.05, "train_loss": 1.25, "train_acc": 0.61, "val_loss": 0.92,
-     "val_acc": 0.72, "epoch_seconds": 0.4},
-    {"epoch": 2, "lr": 0.025, "train_loss": 0.5, "train_acc": 0.86, "val_loss": 0.41,
-     "val_acc": 0.88, "epoch_seconds": 0.4},
+    {
+        "epoch": 1,
+        "lr": 0.05,
+        "train_loss": 1.25,
+        "train_acc": 0.61,
+        "val_loss": 0.92,
+        "val_acc": 0.72,
+        "epoch_seconds": 0.4,
+    },
+    {
+        "epoch": 2,
+        "lr": 0.025,
+        "train_loss": 0.5,
+        "train_acc": 0.86,
+        "val_loss": 0.41,
+        "val_acc": 0.88,
+        "epoch_seconds": 0.4,
+    },
 ]
 FINETUNE_LOGS = [
-    {"epoch": 1, "lr": 0.05, "train_loss": 0.75, "train_acc": 0.8, "val_loss": 0.6,
-     "val_acc": 0.83, "epoch_seconds": 0.3, "compression": 4.0},
-    {"epoch": 2, "lr": 0.01, "train_loss": 0.25, "train_acc": 0.93, "val_loss": 0.3,
-     "val_acc": 0.9, "epoch_seconds": 0.3, "compression": 4.0},
+    {
+        "epoch": 1,
+        "lr": 0.05,
+        "train_loss": 0.75,
+        "train_acc": 0.8,
+        "val_loss": 0.6,
+        "val_acc": 0.83,
+        "epoch_seconds": 0.3,
+        "compression": 4.0,
+    },
+    {
+        "epoch": 2,
+        "lr": 0.01,
+        "train_loss": 0.25,
+        "train_acc": 0.93,
+        "val_loss": 0.3,
+        "val_acc": 0.9,
+        "epoch_seconds": 0.3,
+        "compression": 4.0,
+    },
 ]
 TOP1 = {"dense": 0.9, "pruned": 0.5, "finetuned": 0.875}
 COMPRESSION = {"dense": 1.0, "pruned": 4.0, "finetuned": 4.0}
@@ -42,10 +72,12 @@ def stage_metrics(stage: str) -> dict:
     """A stage's metrics shaped as in ``metrics.json`` (nested dicts, a list of layers)."""
     return {
         "size": {"total_parameters": 1000, "compression_ratio": COMPRESSION[stage]},
-        "flops": {"macs": 5000.0, "theoretical_speedup": COMPRESSION[stage],
-                  "layers": [{"layer": "fc1", "macs": 5000.0}]},
-        "accuracy": {"test_top1": TOP1[stage], "test_loss": 1 - TOP1[stage],
-                     "test_examples": 360},
+        "flops": {
+            "macs": 5000.0,
+            "theoretical_speedup": COMPRESSION[stage],
+            "layers": [{"layer": "fc1", "macs": 5000.0}],
+        },
+        "accuracy": {"test_top1": TOP1[stage], "test_loss": 1 - TOP1[stage], "test_examples": 360},
     }
 
 
@@ -142,7 +174,9 @@ def test_tensorboard_event_files_read_back(tmp_path):
     assert scalar_series(accumulator, "finetune/lr") == [(1, 0.05), (2, 0.01)]
     assert scalar_series(accumulator, "finetune/compression") == [(1, 4.0), (2, 4.0)]
     assert scalar_series(accumulator, "stages/accuracy/test_top1") == [
-        (0, 0.9), (1, 0.5), (2, 0.875)
+        (0, 0.9),
+        (1, 0.5),
+        (2, 0.875),
     ]
     assert scalar_series(accumulator, "pruning/compression") == [(1, 4.0)]
     for name, value in expected_sparsity(summary).items():
@@ -223,8 +257,9 @@ def test_mlflow_honours_the_environment_and_resumes_the_same_run(tmp_path, monke
     drive(events, status="interrupted")
     client = mlflow_client(uri)
     assert only_run(client, "x").info.status == "KILLED"
-    drive(start_run(tmp_path, [{"name": "mlflow", "params": {"experiment_name": "x"}}],
-                    resumed=True))
+    drive(
+        start_run(tmp_path, [{"name": "mlflow", "params": {"experiment_name": "x"}}], resumed=True)
+    )
     run = only_run(client, "x")  # still one MLflow run for the experiment
     assert run.info.status == "FINISHED"
 
@@ -283,8 +318,10 @@ def wandb_contents(run_dir: Path) -> dict:
             }
         elif kind == "history":
             contents["history"].append(
-                {"/".join(item.nested_key) or item.key: json.loads(item.value_json)
-                 for item in record.history.item}
+                {
+                    "/".join(item.nested_key) or item.key: json.loads(item.value_json)
+                    for item in record.history.item
+                }
             )
         elif kind == "summary":
             for item in record.summary.update:
@@ -302,9 +339,7 @@ def test_wandb_offline_run_read_back_from_its_files(tmp_path, wandb_offline):
     assert contents["name"] == "digits-mlp-GlobalMagWeight-c4-s0-abc"
     assert contents["config"]["strategy"]["name"] == "GlobalMagWeight"
     dense = [row for row in contents["history"] if "dense/train_loss" in row]
-    assert [(row["dense/epoch"], row["dense/train_loss"]) for row in dense] == [
-        (1, 1.25), (2, 0.5)
-    ]
+    assert [(row["dense/epoch"], row["dense/train_loss"]) for row in dense] == [(1, 1.25), (2, 0.5)]
     finetune = [row for row in contents["history"] if "finetune/val_acc" in row]
     assert [row["finetune/val_acc"] for row in finetune] == [0.83, 0.9]
     [pruning] = [row for row in contents["history"] if "pruning/compression" in row]
@@ -329,9 +364,7 @@ def warnings(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("shrinkbench: warning:")]
 
 
-def test_tracker_failing_mid_run_is_reported_once_and_the_others_keep_logging(
-    tmp_path, capsys
-):
+def test_tracker_failing_mid_run_is_reported_once_and_the_others_keep_logging(tmp_path, capsys):
     store = tmp_path / "store"
     events = start_run(
         tmp_path, ["tensorboard", {"name": "mlflow", "params": {"tracking_uri": store.as_uri()}}]
