@@ -69,7 +69,11 @@ BUILDS = {"mlp": (mlp, (3, 4, 4)), "cnn": (small_cnn, (3, 6, 6))}
 
 
 def nonzero(model: nn.Module) -> int:
-    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    """Kept parameters as budgets count them: 1-d ones (biases, BatchNorm) are never masked,
+    so all their entries count, zero-initialized ones included."""
+    return sum(
+        int(torch.count_nonzero(p)) if p.dim() > 1 else p.numel() for p in model.parameters()
+    )
 
 
 def make(strategy, model, compression, shape, data, **kwargs):

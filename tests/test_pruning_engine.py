@@ -85,8 +85,12 @@ def batches(shape=(3, 4, 4), n=2):
 
 
 def achieved(model: nn.Module) -> float:
+    """All / kept parameters, as budgets count: 1-d parameters (biases, BatchNorm) are never
+    masked, so all their entries count as kept, zero-initialized ones included."""
     total = sum(p.numel() for p in model.parameters())
-    return total / sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    return total / sum(
+        int(torch.count_nonzero(p)) if p.dim() > 1 else p.numel() for p in model.parameters()
+    )
 
 
 def classifier_of(model):
@@ -124,7 +128,12 @@ def test_exact_compression_on_cifar_resnet_and_grouped_torchvision_model():
             for compression in COMPRESSIONS:
                 model = build()
                 total = sum(p.numel() for p in model.parameters())
-                strategy(model, compression, classifier=classifier).apply()
+                try:
+                    pruner = strategy(model, compression, classifier=classifier)
+                except CompressionError:  # mobilenet_v2: 46922 unprunable params, at most 47.7x
+                    assert classifier == "classifier.1" and compression > 47
+                    continue
+                pruner.apply()
                 assert total / achieved(model) == pytest.approx(total / compression, abs=1.0)
 
 

@@ -2,6 +2,14 @@
 
 compression ratio = all parameters / nonzero parameters (every parameter of
 the model counts, prunable or not).
+
+A budget counts as pruned only what a mask will hold at zero: the zeros of the
+prunable parameters (pruned before, or ranked below every nonzero weight and so
+masked now). Parameters outside the prunable set are never masked, so all their
+entries count as kept, zeros included: a bias or BatchNorm shift initialized to
+zero becomes nonzero in training, and counting it as pruned would leave the
+fine-tuned model short of the requested ratio (64.01x pruned at initialization,
+59.85x after fine-tuning, on a CIFAR ResNet-20 at 64x).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ class Budget:
     compression: float
     total: int  # all parameters of the model
     prunable: int  # prunable parameters
-    fixed_nonzero: int  # nonzero parameters outside the prunable set
+    fixed_nonzero: int  # parameters outside the prunable set (no mask holds them: all kept)
     prunable_nonzero: int  # nonzero prunable parameters now
     keep: int  # prunable weights to keep
     with_zeros: frozenset[str] = frozenset()  # prunable parameters holding zeros already
@@ -46,8 +54,10 @@ def count_nonzero(tensors: Iterable[torch.Tensor]) -> int:
 def compression_budget(model: nn.Module, prunable: list[str], compression: float) -> Budget:
     """The exact number of prunable weights to keep for ``compression``.
 
-    Zeros already in the model are counted (pruning an already pruned model to
-    a higher ratio prunes only the difference). Raises :class:`CompressionError`
+    Zeros of the prunable parameters count as pruned (pruning an already pruned
+    model to a higher ratio prunes only the difference; they are masked again).
+    Parameters outside ``prunable`` count whole, zeros included, since no mask
+    holds them (see the module docstring). Raises :class:`CompressionError`
     for a ratio below 1, or one that cannot be reached, naming the largest
     reachable value.
     """
@@ -59,7 +69,7 @@ def compression_budget(model: nn.Module, prunable: list[str], compression: float
     prunable_set = set(prunable)
     total = sum(p.numel() for p in params.values())
     prunable_total = sum(params[n].numel() for n in prunable)
-    fixed_nonzero = count_nonzero(p.detach() for n, p in params.items() if n not in prunable_set)
+    fixed_nonzero = sum(p.numel() for n, p in params.items() if n not in prunable_set)
     nonzero = {n: int(torch.count_nonzero(params[n].detach())) for n in prunable}
     prunable_nonzero = sum(nonzero.values())
     with_zeros = frozenset(n for n in prunable if nonzero[n] < params[n].numel())
@@ -70,7 +80,7 @@ def compression_budget(model: nn.Module, prunable: list[str], compression: float
     largest = total / (fixed_nonzero + 1)
     if keep < 1:
         raise CompressionError(
-            f"compression {compression:g} cannot be reached: {fixed_nonzero} nonzero parameters "
+            f"compression {compression:g} cannot be reached: {fixed_nonzero} parameters "
             f"are not prunable (of {total}). The largest reachable compression is {largest:.4g}."
         )
     current = total / (fixed_nonzero + prunable_nonzero) if fixed_nonzero + prunable_nonzero else 0
