@@ -206,7 +206,8 @@ def resolved_experiment_from_args(args: argparse.Namespace):
     from shrinkbench_core.experiment.resolve import validate_experiment
 
     data, problems = experiment_data_from_args(args)
-    return validate_experiment(data, _registry(), problems)
+    title = f"invalid configuration {args.config}" if args.config else "invalid configuration"
+    return validate_experiment(data, _registry(), problems, title=title)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -18,7 +18,14 @@ from shrinkbench_core.config import ExperimentConfig, format_validation_error, s
 from shrinkbench_core.errors import ConfigError, UserError
 from shrinkbench_core.factories import factory_problem
 from shrinkbench_core.registry import Registry
-from shrinkbench_core.specs import DatasetSpec, MetricSpec, ModelSpec, StrategySpec
+from shrinkbench_core.specs import (
+    ComponentSpec,
+    DatasetSpec,
+    MetricSpec,
+    ModelSpec,
+    ScheduleSpec,
+    StrategySpec,
+)
 from shrinkbench_core.trackers.selection import tracker_problems
 
 
@@ -31,10 +38,12 @@ class ResolvedExperiment:
     dataset: DatasetSpec
     model: ModelSpec
     metrics: list[MetricSpec]
+    schedule: ScheduleSpec | None = None
 
     def plugin_versions(self) -> dict[str, str | None]:
         """Distribution -> version of every plugin this experiment uses."""
         specs = [self.strategy, self.dataset, self.model, *self.metrics]
+        specs += [self.schedule] if self.schedule is not None else []
         return {spec.distribution or spec.plugin or "?": spec.version for spec in specs}
 
 
@@ -91,17 +100,27 @@ def schedule_problems(config: ExperimentConfig) -> list[str]:
 
 
 def resolve_config(
-    config: ExperimentConfig, registry: Registry, check_environment: bool = False
+    config: ExperimentConfig,
+    registry: Registry,
+    check_environment: bool = False,
+    provided: dict[str, ComponentSpec] | None = None,
 ) -> ResolvedExperiment:
     """Validate names, factories and parameters of every component; one :class:`ConfigError`.
 
     ``check_environment`` also checks this machine (see :func:`environment_problems`);
-    leave it off where the run happens elsewhere (a Ray cluster).
+    leave it off where the run happens elsewhere (a Ray cluster). ``provided`` holds specs
+    of objects the caller passed (``"dataset"``, ``"model"``), used instead of a lookup.
     """
     problems: list[str] = []
+    provided = provided or {}
     strategy = _lookup(registry, "strategies", config.strategy.name, "strategy.name", problems)
-    dataset = _lookup(registry, "datasets", config.dataset.name, "dataset.name", problems)
-    model = _lookup(registry, "models", config.model.name, "model.name", problems)
+    dataset = provided.get("dataset") or _lookup(
+        registry, "datasets", config.dataset.name, "dataset.name", problems
+    )
+    model = provided.get("model") or _lookup(
+        registry, "models", config.model.name, "model.name", problems
+    )
+    schedule = _lookup(registry, "schedules", config.schedule.kind, "schedule.kind", problems)
     metrics = [
         _lookup(registry, "metrics", metric.name, f"metrics[{index}]", problems)
         for index, metric in enumerate(config.metrics)
@@ -144,6 +163,10 @@ def resolve_config(
         elif model and "weights" not in model.parameters.model_fields:
             problems.append(f"dense.weights: model {model.name} has no named pretrained weights")
     problems.extend(schedule_problems(config))
+    if schedule and not config.schedule.builtin:  # a plugin's schedule: its own params
+        data["schedule"]["params"] = _params(
+            schedule, config.schedule.params or {}, "schedule.params", problems
+        )
     problems.extend(tracker_problems(config, registry))  # names, params, missing libraries
     if strategy and strategy.needs_data and config.calibration_batches < 1:
         problems.append(f"calibration_batches: strategy {strategy.name} needs at least 1")
@@ -152,7 +175,12 @@ def resolve_config(
     if problems:
         raise ConfigError(problems)
     return ResolvedExperiment(
-        ExperimentConfig.model_validate(data), strategy, dataset, model, [m for m in metrics if m]
+        ExperimentConfig.model_validate(data),
+        strategy,
+        dataset,
+        model,
+        [m for m in metrics if m],
+        schedule,
     )
 
 
@@ -161,6 +189,7 @@ def validate_experiment(
     registry: Registry,
     problems: list[str] | tuple[str, ...] = (),
     check_environment: bool = True,
+    title: str = "invalid configuration",
 ) -> ResolvedExperiment:
     """Build and resolve a config dict, reporting every problem in one :class:`ConfigError`.
 
@@ -183,7 +212,7 @@ def validate_experiment(
         except ConfigError as error:
             found.extend(line for line in error.problems if line not in found)
     if found or resolved is None:
-        raise ConfigError(found or ["(config): invalid"])
+        raise ConfigError(found or ["(config): invalid"], title=title)
     return resolved
 
 
