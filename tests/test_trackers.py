@@ -258,3 +258,36 @@ def test_building_trackers_does_not_import_their_libraries():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# -- the README's lifecycle example ---------------------------------------------------------------
+def test_readme_lifecycle_plugin_example(tmp_path):
+    import re
+    import types
+    from pathlib import Path
+
+    from shrinkbench_core.lifecycle import RunEvents, RunInfo
+    from shrinkbench_core.plugins import make_plugin_manager
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    source = re.search(r"<!-- lifecycle-example -->\n```python\n(.*?)```", readme, re.S)[1]
+    module = types.ModuleType("readme_lifecycle_example")
+    exec(compile(source, "README.md", "exec"), module.__dict__)
+    manager = make_plugin_manager(load_entry_points=False, extra_plugins=[("example", module)])
+    assert manager.infos["example"].hooks == ["shrinkbench_epoch_end"]
+    run = RunInfo(path=tmp_path, name="run", digest="d", config={})
+    events = RunEvents(manager, run)
+    for stage, epoch, val_acc in [
+        ("dense", 1, 0.5),
+        ("dense", 2, 0.75),
+        ("dense", 3, 0.6),
+        ("finetune", 1, 0.7),
+        ("finetune", 2, None),
+    ]:
+        logs = {"epoch": epoch, "train_loss": 1.0, "val_acc": val_acc}
+        events.emit("shrinkbench_epoch_end", stage=stage, epoch=epoch, logs=logs)
+    assert not events.failed
+    assert json.loads((tmp_path / "best_val_acc.json").read_text()) == {
+        "dense": 0.75,
+        "finetune": 0.7,
+    }
