@@ -23,6 +23,8 @@ EXTRA_COMMANDS = (
     "shrinkbench_core.results.cli",
     "shrinkbench_core.plot.cli",
     "shrinkbench_core.survey.cli",
+    "shrinkbench_core.export.cli",
+    "shrinkbench_core.inspect.cli",
 )
 
 
@@ -127,7 +129,7 @@ def _fitting_width(rows: list[list[Any]]) -> int:
         return max(widths)
     columns = shutil.get_terminal_size().columns
     limit = max(widths)
-    while limit > 20 and sum(min(w, limit) for w in widths) + 2 * (len(widths) - 1) > columns:
+    while limit > 10 and sum(min(w, limit) for w in widths) + 2 * (len(widths) - 1) > columns:
         limit -= 1
     return limit
 
@@ -161,6 +163,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--force", action="store_true", help="redo a completed run from scratch")
     parser.add_argument("--json", action="store_true", help="print metrics.json instead of a table")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the fully resolved configuration (every default, seeds, digest, run "
+        "directory) as JSON and exit without running",
+    )
 
 
 def experiment_data_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
@@ -213,6 +221,11 @@ def resolved_experiment_from_args(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one experiment and print its summary."""
     resolved = resolved_experiment_from_args(args)
+    if getattr(args, "print_config", False):
+        from shrinkbench_core.inspect.config import format_resolved_config
+
+        print(format_resolved_config(resolved))
+        return 0
     from shrinkbench_core.experiment.runner import Experiment
     from shrinkbench_core.experiment.summary import summary_table
 
@@ -288,6 +301,7 @@ def run_main(argv: Sequence[str] | None = None) -> int:
         "(embedded), model mlp.",
     )
     add_run_arguments(parser)
+    parser.add_argument("--version", action="version", version=f"shrinkbench-run {__version__}")
     args = parser.parse_args(argv)
     return _guard(cmd_run, args)
 
