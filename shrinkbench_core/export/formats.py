@@ -1,0 +1,134 @@
+"""Writers of the export formats, each followed by a check that reads the file back.
+
+Every writer gets the model (eval mode, CPU), one example input and a
+temporary path; it writes the file there and returns the largest absolute
+difference between the reloaded file's outputs (or tensors) and the model's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shrinkbench_core.errors import UserError
+
+EXTRA_HINT = "pip install 'shrinkbench-core[export]'"
+LIBRARIES = {"pt": (), "safetensors": ("safetensors",), "onnx": ("onnx", "onnxruntime")}
+
+
+def check_libraries(fmt: str) -> None:
+    """Raise a one-line error naming the extra when a library of ``fmt`` is missing."""
+    missing = [name for name in LIBRARIES[fmt] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(
+            f"--format {fmt} needs {' and '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed: {EXTRA_HINT}"
+        )
+
+
+def _leaves(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if hasattr(value, "logits"):
+        return [value.logits]
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    return []
+
+
+def max_difference(reference: Any, output: Any) -> float:
+    """Largest absolute difference between two outputs' tensors (``inf`` if they differ in
+    structure or shape)."""
+    first, second = _leaves(reference), _leaves(output)
+    if len(first) != len(second) or not first:
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(first, second, strict=True):
+        b = torch.as_tensor(b)
+        if tuple(a.shape) != tuple(b.shape):
+            return float("inf")
+        worst = max(worst, float((a.detach().float() - b.float()).abs().max()))
+    return worst
+
+
+def write_pt(model: nn.Module, example: torch.Tensor, path: Path) -> tuple[float, list[str]]:
+    """A ``torch.export`` program with a dynamic batch dimension when the model allows it."""
+    notes: list[str] = []
+    batch2 = torch.cat([example, example]) if example.shape[0] == 1 else example
+    try:
+        program = torch.export.export(
+            model, (batch2,), dynamic_shapes=({0: torch.export.Dim.AUTO},), strict=False
+        )
+    except Exception as error:  # some models only export with their example's exact shape
+        notes.append(f"exported for batch size {example.shape[0]} only ({type(error).__name__})")
+        program = torch.export.export(model, (example,), strict=False)
+    torch.export.save(program, str(path))
+    loaded = torch.export.load(str(path)).module()
+    with torch.no_grad():
+        return max_difference(model(example), loaded(example)), notes
+
+
+def write_safetensors(
+    model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any]
+) -> tuple[float, list[str]]:
+    """The state dict (every tensor its own contiguous copy) with JSON metadata."""
+    from safetensors.torch import load_file, save_file
+
+    state = {
+        name: value.detach().clone().contiguous() for name, value in model.state_dict().items()
+    }
+    header = {
+        key: value if isinstance(value, str) else json.dumps(value)
+        for key, value in metadata.items()
+    }
+    save_file(state, str(path), metadata=header)
+    loaded = load_file(str(path))
+    if set(loaded) != set(state):
+        return float("inf"), []
+    worst = 0.0
+    for name, tensor in state.items():
+        if tensor.numel():
+            worst = max(worst, float((tensor.double() - loaded[name].double()).abs().max()))
+    return worst, []
+
+
+def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> tuple[float, list[str]]:
+    """``torch.onnx.export`` (batch dimension dynamic), checked with onnxruntime.
+
+    Uses the torch.export-based exporter when ``onnxscript`` is installed, else
+    torch's TorchScript-based one (no extra dependency).
+    """
+    import onnx
+    import onnxruntime
+
+    dynamo = importlib.util.find_spec("onnxscript") is not None
+    notes = [f"exporter: {'torch.export (dynamo)' if dynamo else 'TorchScript'}"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=True, input_names=["input"],
+                output_names=["output"], dynamic_shapes=({0: torch.export.Dim.AUTO},),
+                external_data=False,
+            )
+        else:
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=False, input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )
+    onnx.checker.check_model(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: example.numpy()}
+    outputs = session.run(None, feed)
+    with torch.no_grad():
+        reference = model(example)
+    return max_difference(reference, [torch.from_numpy(o) for o in outputs]), notes

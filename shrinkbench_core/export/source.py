@@ -1,0 +1,171 @@
+"""What to export: the final model of a completed run directory, or a model in memory.
+
+A run directory holds the config, the fine-tuned weights (``model.pt``) and the
+masks (``masks.pt``); the architecture is rebuilt from the registry (or from a
+``model`` the caller passes, for runs of a user-built model) and the masks are
+applied again, so the exported weights hold exactly the run's zeros.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shrinkbench_core.errors import UserError
+
+
+@dataclass
+class ExportSource:
+    """A model ready to export, in eval mode on the CPU, with where it came from."""
+
+    model: nn.Module
+    example_input: torch.Tensor
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    architecture: dict[str, Any] = field(default_factory=dict)
+    structure: str | None = None  # the strategy's: "unstructured", "channel", "n:m"
+    run_dir: Path | None = None
+
+
+def _model_of(model: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    built = model() if callable(model) and not isinstance(model, nn.Module) else model
+    if not isinstance(built, nn.Module):
+        raise UserError(
+            f"model must be an nn.Module or a function returning one, not {type(built).__name__}"
+        )
+    return copy.deepcopy(built)
+
+
+def from_model(
+    model: nn.Module,
+    example_input: torch.Tensor | None,
+    masks: dict[str, torch.Tensor] | None = None,
+) -> ExportSource:
+    """Export ``model`` as it is (``masks`` applied to a copy first, when given)."""
+    from shrinkbench_core.pruning.masks import apply_masks
+
+    if example_input is None:
+        raise UserError("exporting a model needs example_input= (one input batch)")
+    model = _model_of(model).cpu().eval()
+    if masks:
+        apply_masks(model, masks)
+    return ExportSource(
+        model=model,
+        example_input=example_input.detach().cpu(),
+        masks=dict(masks or {}),
+        architecture={"class": f"{type(model).__module__}.{type(model).__qualname__}"},
+    )
+
+
+def from_run(
+    path: str | Path,
+    model: nn.Module | Callable[[], nn.Module] | None = None,
+    example_input: torch.Tensor | None = None,
+) -> ExportSource:
+    """The final model of the completed run in ``path``; errors say what is missing."""
+    from shrinkbench_core.experiment.atomic import read_json
+    from shrinkbench_core.experiment.rundir import RunDirectory
+    from shrinkbench_core.pruning.masks import apply_masks, load_masks
+
+    run = RunDirectory(path)
+    if not run.path.is_dir():
+        raise UserError(f"no run directory at {run.path}")
+    if not run.config.is_file():
+        raise UserError(f"{run.path} is not a run directory (it has no config.json)")
+    if not run.is_complete or not run.model.is_file():
+        status = run.status().get("status", "not started")
+        raise UserError(
+            f"run {run.path} is not complete (status: {status}), so it has no final model to "
+            "export. Rerun the same command to finish it (an interrupted run resumes), "
+            "then export it."
+        )
+    record = read_json(run.config) or {}
+    config = record.get("config") or {}
+    built, architecture = _build(config, model, run.path)
+    state = torch.load(run.model, map_location="cpu", weights_only=True)
+    try:
+        built.load_state_dict(state)
+    except RuntimeError as error:
+        raise UserError(
+            f"the weights in {run.model} do not fit the model {architecture.get('name', '')}: "
+            f"{str(error).splitlines()[0]}. Pass model= the architecture the run trained."
+        ) from None
+    masks = load_masks(run.masks, built) if run.masks.is_file() else {}
+    apply_masks(built, masks)
+    shape = architecture.get("input_shape")
+    if example_input is None:
+        if not shape:
+            raise UserError(
+                f"cannot tell the input shape of run {run.path}; pass example_input= "
+                "(one input batch)"
+            )
+        generator = torch.Generator().manual_seed(0)
+        example_input = torch.randn(1, *shape, generator=generator)
+    return ExportSource(
+        model=built.cpu().eval(),
+        example_input=example_input.detach().cpu(),
+        masks=masks,
+        architecture=architecture,
+        structure=_structure(config),
+        run_dir=run.path,
+    )
+
+
+def _build(
+    config: dict[str, Any], model: Any, run_path: Path
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The run's architecture, freshly built (weights are loaded afterwards)."""
+    from shrinkbench_core.registry import get_registry
+
+    registry = get_registry()
+    model_section = config.get("model") or {}
+    dataset_section = config.get("dataset") or {}
+    architecture: dict[str, Any] = {
+        "name": model_section.get("name"),
+        "params": model_section.get("params") or {},
+        "dataset": dataset_section.get("name"),
+    }
+    try:
+        dataset = registry.get("datasets", dataset_section.get("name") or "")
+        architecture["input_shape"] = list(dataset.input_shape)
+        architecture["num_classes"] = dataset.num_classes
+    except UserError:
+        pass  # a user's own data: example_input must then be given
+    if model is not None:
+        built = _model_of(model)
+    else:
+        try:
+            spec = registry.get("models", model_section.get("name") or "")
+        except UserError as error:
+            raise UserError(
+                f"run {run_path} used the model {model_section.get('name')!r}, which is not a "
+                f"registered model ({str(error).splitlines()[0]}). Pass model= the same "
+                "architecture, e.g. sb.export(run, out, model=MyNet())"
+            ) from None
+        if "num_classes" not in architecture:
+            raise UserError(
+                f"cannot tell the classes of run {run_path}'s dataset; pass model= the built "
+                "architecture and example_input="
+            )
+        built = spec.load()(
+            spec.parameters(**architecture["params"]),
+            num_classes=architecture["num_classes"],
+            input_shape=tuple(architecture["input_shape"]),
+        )
+    architecture["class"] = f"{type(built).__module__}.{type(built).__qualname__}"
+    return built, architecture
+
+
+def _structure(config: dict[str, Any]) -> str | None:
+    from shrinkbench_core.registry import get_registry
+
+    name = (config.get("strategy") or {}).get("name")
+    try:
+        return get_registry().get("strategies", name or "").structure
+    except UserError:
+        return None
