@@ -30,6 +30,7 @@ from torch import nn
 
 from shrinkbench_core.metrics.flops import count_flops
 from shrinkbench_core.metrics.latency import interleaved_times
+from shrinkbench_core.pruning.channels.attention import resize_heads, resize_mha
 from shrinkbench_core.pruning.masks import Masks, apply_masks
 from shrinkbench_core.pruning.structured import (
     ChannelAnalysis,
@@ -149,14 +150,28 @@ def shrink_model(
                 LayerChange(layer.name, layer.kind, len(inputs), len(inputs), outputs, outputs)
             )
             continue
-        module = shrunk.get_submodule(layer.name)
-        change, slicers = _resize(layer, module, keep_in, keep_out)
-        changes.append(change)
-        config[layer.name] = _config_of(module)
+        if layer.kind == "mha":
+            resize_mha(shrunk, layer.name, keep_out, keep_in)
+            changes.append(LayerChange(layer.name, "mha", len(inputs), len(keep_in),
+                                       len(layer.rows), len(keep_out)))  # fmt: skip
+            rows, cols = torch.tensor(keep_out), torch.tensor(keep_in)
+            slicers = {
+                "in_proj_weight": lambda t, r=rows, c=cols: t[r.to(t.device)][:, c.to(t.device)],
+                "in_proj_bias": lambda t, r=rows: t[r.to(t.device)],
+            }
+        else:
+            module = shrunk.get_submodule(layer.name)
+            change, slicers = _resize(layer, module, keep_in, keep_out)
+            changes.append(change)
+            config[layer.name] = _config_of(module)
         for suffix, slicer in slicers.items():
             name = f"{layer.name}.{suffix}"
             if name in new_masks:
                 new_masks[name] = slicer(new_masks[name])
+
+    for site in analysis.attention:
+        kept = [h for h, element in enumerate(site.heads) if analysis.find(element) not in removed]
+        resize_heads(shrunk, site, kept)
 
     pad_edits = analysis.pad_amounts(removed)
     rewritten = rewrite_pads(shrunk, pad_edits)

@@ -240,12 +240,13 @@ class LayerStrategy(Strategy):
 
 # -- measurements on calibration data, leaving the model untouched ---------
 @contextmanager
-def preserved_state(model: nn.Module) -> Iterator[None]:
-    """Run a block in eval mode and restore training flag, buffers and ``.grad`` afterwards."""
+def preserved_state(model: nn.Module, train: bool = False) -> Iterator[None]:
+    """Run a block in eval mode (``train``: train mode, BatchNorm on batch statistics) and
+    restore training flag, buffers and ``.grad`` afterwards."""
     was_training = model.training
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     grads = {name: p.grad for name, p in model.named_parameters()}
-    model.eval()
+    model.train(train)
     try:
         yield
     finally:
@@ -263,13 +264,14 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def compute_gradients(
-    model: nn.Module, names: Sequence[str], batches: Sequence[Batch]
+    model: nn.Module, names: Sequence[str], batches: Sequence[Batch], train: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Mean gradient of the cross-entropy over ``batches`` for the named parameters."""
+    """Mean gradient of the cross-entropy over ``batches`` for the named parameters
+    (in eval mode, or in train mode with ``train``)."""
     params = dict(model.named_parameters())
     device = _device(model)
     totals = {name: torch.zeros_like(params[name]) for name in names}
-    with preserved_state(model):
+    with preserved_state(model, train):
         for inputs, targets in batches:
             model.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(inputs.to(device)), targets.to(device))
@@ -281,13 +283,20 @@ def compute_gradients(
 
 
 def input_channel_statistic(
-    model: nn.Module, module_names: Sequence[str], batches: Sequence[Batch], norm: str = "l1"
+    model: nn.Module,
+    module_names: Sequence[str],
+    batches: Sequence[Batch],
+    norm: str = "l1",
+    train: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-input-channel statistic of each named module's input over ``batches``.
 
-    ``norm="l1"``: mean absolute value; ``norm="l2"``: Euclidean norm over all
-    positions and examples (as Wanda uses). Channels are dim 1 for convolutions and
-    the last dim for linear layers.
+    ``norm="l1"``: mean absolute value; ``norm="abs_mean"``: absolute value of the
+    mean over the examples at each position, averaged over positions (the original
+    ShrinkBench's ``*MagAct``); ``norm="l2"``: Euclidean norm over all positions and
+    examples (as Wanda uses). Channels are dim 1 for convolutions
+    and the last dim for linear layers. Measured in eval mode, or train mode with
+    ``train`` (BatchNorm on batch statistics).
     """
     modules = dict(model.named_modules())
     sums: dict[str, torch.Tensor] = {}
@@ -298,6 +307,10 @@ def input_channel_statistic(
 
         def hook(mod, inputs, _output, name=name):
             x = inputs[0].detach()
+            if norm == "abs_mean":  # per position: summed over examples, averaged at the end
+                sums[name] = sums.get(name, 0) + x.sum(0).double()
+                counts[name] = counts.get(name, 0) + x.shape[0]
+                return
             if isinstance(mod, nn.modules.conv._ConvNd):
                 x = x.transpose(0, 1).reshape(x.shape[1], -1)
             else:
@@ -309,12 +322,21 @@ def input_channel_statistic(
         handles.append(module.register_forward_hook(hook))
     device = _device(model)
     try:
-        with preserved_state(model), torch.no_grad():
+        with preserved_state(model, train), torch.no_grad():
             for inputs, _ in batches:
                 model(inputs.to(device))
     finally:
         for handle in handles:
             handle.remove()
+    if norm == "abs_mean":
+        means = {name: (sums[name] / counts[name]).abs() for name in sums}
+        channel_first = {
+            name: m.reshape(m.shape[0], -1)
+            if isinstance(modules[name], nn.modules.conv._ConvNd)
+            else m.reshape(-1, m.shape[-1]).t()
+            for name, m in means.items()
+        }
+        return {name: m.mean(1).float() for name, m in channel_first.items()}
     if norm == "l1":
         return {name: (sums[name] / counts[name]).float() for name in sums}
     return {name: sums[name].sqrt().float() for name in sums}
@@ -339,9 +361,14 @@ def broadcast_input_statistic(module: nn.Module, statistic: torch.Tensor) -> tor
 
 
 def input_activation_importance(
-    model: nn.Module, names: Sequence[str], batches: Sequence[Batch], norm: str = "l1"
+    model: nn.Module,
+    names: Sequence[str],
+    batches: Sequence[Batch],
+    norm: str = "l1",
+    train: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Input statistic broadcast to every named weight (``module.weight`` names only)."""
+    """Input statistic broadcast to every named weight (``module.weight`` names only);
+    ``norm`` and ``train`` as in :func:`input_channel_statistic`."""
     modules = dict(model.named_modules())
     owners = {name: name.rpartition(".")[0] for name in names}
     supported = [
@@ -350,7 +377,7 @@ def input_activation_importance(
         if name.endswith(".weight")
         and isinstance(modules[owner], (nn.Linear, nn.modules.conv._ConvNd))
     ]
-    stats = input_channel_statistic(model, sorted(set(supported)), batches, norm)
+    stats = input_channel_statistic(model, sorted(set(supported)), batches, norm, train)
     out = {}
     for name, owner in owners.items():
         if owner in stats:

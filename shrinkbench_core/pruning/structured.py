@@ -52,6 +52,7 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from shrinkbench_core.pruning.channels import attention
 from shrinkbench_core.pruning.channels.graph import (
     ChannelAnalysis,
     ChannelGroup,
@@ -114,7 +115,7 @@ def analyze_channels(model: nn.Module, example_input: Any) -> ChannelAnalysis:
     is not modified.
     """
     try:
-        graph_module = torch.fx.symbolic_trace(model)
+        graph_module = attention.trace(model)
     except Exception as error:  # fx raises many types for untraceable code
         raise TraceError(
             f"cannot trace {type(model).__name__} with torch.fx ({type(error).__name__}: {error}). "

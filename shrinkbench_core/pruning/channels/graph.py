@@ -25,6 +25,18 @@ Position = frozenset[int]
 ChannelMap = tuple[Position, ...]
 
 
+class Channels(tuple):
+    """The channel positions of one tensor, along its dimension ``dim`` (1, or last when
+    channel-last)."""
+
+    dim: int
+
+    def __new__(cls, positions: Iterable[Position], dim: int = 1) -> Channels:
+        channels = super().__new__(cls, positions)
+        channels.dim = dim
+        return channels
+
+
 class TraceError(UserError):
     """The model's forward cannot be traced with torch.fx, so channels cannot be followed."""
 
@@ -61,6 +73,8 @@ class TiedChannel:
     consumers: dict[str, tuple[int, ...]]
     attached: dict[str, tuple[int, ...]]
     removable: bool
+    slots: dict[str, int] = field(default_factory=dict)
+    """Group of each grouped convolution it passes through (-1: several groups)."""
 
 
 @dataclass
@@ -83,6 +97,20 @@ class ChannelGroup:
     def removable(self) -> list[int]:
         """Indices into ``channels`` of the tied channels that may be removed."""
         return [i for i, channel in enumerate(self.channels) if channel.removable]
+
+    def slots(self) -> list[int] | None:
+        """The convolution group of each tied channel, when a grouped convolution reads or
+        writes this group (each of its groups must then lose as many channels), else None.
+
+        Also None when a tied channel spans several convolution groups: such masks are
+        left to the shrinking step's consistency check.
+        """
+        keys = [key for key in self.channels[0].slots] if self.channels else []
+        if not keys:
+            return None
+        key = keys[0]
+        slots = [channel.slots.get(key, -1) for channel in self.channels]
+        return None if min(slots) < 0 else slots
 
 
 @dataclass
@@ -109,13 +137,23 @@ class TracedLayer:
 
     name: str
     module: nn.Module
-    kind: str  # "conv", "linear" or "norm"
+    kind: str  # "conv", "linear", "norm" or "mha" (in-projection of nn.MultiheadAttention)
     rows: list[int] = field(default_factory=list)  # element id of each output channel
     inputs: list[Position] | None = None  # position read by each input channel
+    weight_name: str = ""  # default: f"{name}.weight"
+    bias_name: str = ""  # default: f"{name}.bias"
+
+    def __post_init__(self) -> None:
+        self.weight_name = self.weight_name or f"{self.name}.weight"
+        self.bias_name = self.bias_name or f"{self.name}.bias"
+
+    @property
+    def has_bias(self) -> bool:
+        return getattr(self.module, self.bias_name.rpartition(".")[2], None) is not None
 
     @property
     def is_producer(self) -> bool:
-        return self.kind in ("conv", "linear")
+        return self.kind in ("conv", "linear", "mha")
 
 
 class ChannelAnalysis:
@@ -134,6 +172,8 @@ class ChannelAnalysis:
         self._members: dict[int, list[int]] | None = None
         self.pads: list[PadSite] = []
         self._pad_elements: set[int] = set()
+        self._free_elements: set[int] = set()
+        self.attention: list[Any] = []  # AttentionSite of each attention module followed
 
     # -- union-find over elements ------------------------------------------------
 
@@ -151,6 +191,13 @@ class ChannelAnalysis:
         """A fresh element for a zero channel added by a rewritable pad (removable)."""
         element = self._new(None)
         self._pad_elements.add(element)
+        return element
+
+    def new_free(self) -> int:
+        """A fresh element that never blocks removal but keeps its channel from counting as
+        zero (added by per-channel operations that map zero to non-zero, such as a sigmoid)."""
+        element = self._new(None)
+        self._free_elements.add(element)
         return element
 
     def _new(self, layer: str | None) -> int:
@@ -238,20 +285,27 @@ class ChannelAnalysis:
             table[name] = table.get(name, ()) + (index,)
 
         for layer in self.layers.values():
+            grouped = _is_grouped(layer.module)
+            per_out = layer.module.out_channels // layer.module.groups if grouped else 0
             for row, element in enumerate(layer.rows):
                 entry = channel(self.find(element))
-                add(entry.producers, f"{layer.name}.weight", row)
-                if getattr(layer.module, "bias", None) is not None:
-                    add(entry.attached, f"{layer.name}.bias", row)
+                add(entry.producers, layer.weight_name, row)
+                if layer.has_bias:
+                    add(entry.attached, layer.bias_name, row)
+                if grouped:
+                    _add_slot(entry, f"{layer.name}:out", row // per_out)
             if layer.inputs is None:
                 continue
+            per_in = layer.module.in_channels // layer.module.groups if grouped else 0
             for index, position in enumerate(layer.inputs):
                 entry = channel(self.root_of(position))
                 if layer.kind == "norm":
-                    add(entry.attached, f"{layer.name}.weight", index)
-                    add(entry.attached, f"{layer.name}.bias", index)
+                    add(entry.attached, layer.weight_name, index)
+                    add(entry.attached, layer.bias_name, index)
                 elif not _is_depthwise(layer.module):
-                    add(entry.consumers, f"{layer.name}.weight", index)
+                    add(entry.consumers, layer.weight_name, index)
+                if grouped:
+                    _add_slot(entry, f"{layer.name}:in", index // per_in)
         by_producers: dict[tuple[str, ...], ChannelGroup] = {}
         for entry in channels.values():
             if not entry.producers:
@@ -268,7 +322,7 @@ class ChannelAnalysis:
         """Producer elements whose weight row is entirely masked."""
         pruned: set[int] = set()
         for layer in self.layers.values():
-            mask = masks.get(f"{layer.name}.weight")
+            mask = masks.get(layer.weight_name)
             if mask is None or not layer.rows:
                 continue
             rows = ~mask.reshape(mask.shape[0], -1).any(dim=1)
@@ -285,7 +339,7 @@ class ChannelAnalysis:
         that convolution are kept and reported. A layer whose rows are all masked
         keeps its first one, so no layer ends up with no channels.
         """
-        pruned = self.pruned_elements(masks) | self._pad_elements
+        pruned = self.pruned_elements(masks) | self._pad_elements | self._free_elements
         pinned = self.pinned_roots()
         removed = {
             root
@@ -331,7 +385,7 @@ class ChannelAnalysis:
         for layer in self.layers.values():
             if layer.is_producer:
                 editor.clear_rows(
-                    f"{layer.name}.bias",
+                    layer.bias_name,
                     [r for r, e in enumerate(layer.rows) if e in pruned or self.find(e) in removed],
                 )
             if layer.inputs is None:
@@ -339,10 +393,10 @@ class ChannelAnalysis:
             gone = [i for i, p in enumerate(layer.inputs) if self.root_of(p) in removed]
             if layer.kind == "norm":
                 zero = [i for i, p in enumerate(layer.inputs) if self._is_zero(p, pruned)]
-                for suffix in ("weight", "bias"):
-                    editor.clear_rows(f"{layer.name}.{suffix}", gone + zero)
+                for name in (layer.weight_name, layer.bias_name):
+                    editor.clear_rows(name, gone + zero)
             else:
-                editor.clear_inputs(f"{layer.name}.weight", gone)
+                editor.clear_inputs(layer.weight_name, gone)
         return editor.result(), removed, reports
 
     def _is_zero(self, position: Position, pruned: set[int]) -> bool:
@@ -460,6 +514,21 @@ class _MaskEditor:
 
 def _is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.in_channels > 1
+
+
+def _is_grouped(module: nn.Module) -> bool:
+    """A grouped convolution that is not depthwise (its groups must stay balanced)."""
+    return (
+        isinstance(module, nn.modules.conv._ConvNd)
+        and module.groups > 1
+        and not _is_depthwise(module)
+    )
+
+
+def _add_slot(channel: TiedChannel, key: str, slot: int) -> None:
+    if channel.slots.get(key, slot) != slot:
+        slot = -1
+    channel.slots[key] = slot
 
 
 def _group_counts_consistent(

@@ -1,4 +1,11 @@
-"""Propagation rules: how each operation of a traced graph moves, ties or pins channels."""
+"""Propagation rules: how each operation of a traced graph moves, ties or pins channels.
+
+Each tensor's channels are followed along one dimension (:class:`Channels`,
+``dim``): dim 1 for convolutional maps, the last dimension for channel-last
+tensors and token sequences (a Linear layer acts on it). Permutes, transposes,
+reshapes, flattens and indexing move that dimension; an operation the rules do
+not understand is a *barrier*: every channel flowing into it is pinned.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
+from shrinkbench_core.pruning.channels import attention
 from shrinkbench_core.pruning.channels.graph import (
     ChannelAnalysis,
-    ChannelMap,
+    Channels,
     PadSite,
     Position,
     TracedLayer,
@@ -25,27 +33,38 @@ from shrinkbench_core.pruning.channels.graph import (
 
 # -- propagation rules ---------------------------------------------------------------
 
-_PRESERVING_MODULES: tuple[type[nn.Module], ...] = (
+_ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Hardswish, nn.SiLU, nn.GELU, nn.Tanh,
     nn.ELU, nn.CELU, nn.SELU, nn.Mish, nn.Softsign, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink,
     nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+)  # fmt: skip
+"""Modules that act on each element separately and map zero to zero."""
+
+_SPATIAL_MODULES: tuple[type[nn.Module], ...] = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
     nn.Upsample, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d,
 )  # fmt: skip
-"""Modules that act on each channel separately and map a zero channel to zero."""
+"""Modules that act on the spatial dimensions (after dim 1) of each channel, zero to zero."""
 
-_PRESERVING_FUNCTIONS: set[Any] = {
+_GATE_MODULES: tuple[type[nn.Module], ...] = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
+"""Per-element modules that map zero to non-zero (squeeze-excite gates)."""
+
+_ELEMENTWISE_FUNCTIONS: set[Any] = {
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.hardtanh, F.hardswish,
     F.silu, F.gelu, F.elu, F.selu, F.celu, F.mish, F.softsign, torch.tanh, F.tanh,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, torch.clone, operator.neg, torch.neg,
+}  # fmt: skip
+_SPATIAL_FUNCTIONS: set[Any] = {
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-    F.interpolate, torch.clone, operator.neg, torch.neg,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
 }  # fmt: skip
-_PRESERVING_METHODS = {
+_GATE_FUNCTIONS: set[Any] = {
+    torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, torch.exp, "sigmoid", "sigmoid_", "exp",
+}  # fmt: skip
+_ELEMENTWISE_METHODS = {
     "relu", "relu_", "tanh", "tanh_", "neg", "contiguous", "clone", "detach", "float", "double",
     "half", "bfloat16", "to", "type_as", "cpu", "cuda",
 }  # fmt: skip
@@ -57,6 +76,8 @@ _MUL_OPS: set[Any] = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 _DIV_OPS: set[Any] = {operator.truediv, operator.itruediv, torch.div, "div", "div_"}
 _CAT_OPS: set[Any] = {torch.cat, torch.concat, torch.concatenate}
 _RESHAPE_OPS: set[Any] = {torch.reshape, "view", "reshape"}
+_PERMUTE_OPS: set[Any] = {torch.permute, "permute"}
+_TRANSPOSE_OPS: set[Any] = {torch.transpose, torch.swapaxes, "transpose", "swapaxes"}
 _REDUCE_OPS: set[Any] = {torch.mean, torch.sum, torch.amax, torch.amin,
                          "mean", "sum", "amax", "amin"}  # fmt: skip
 _SHAPE_QUERIES: set[Any] = {getattr, "size", "dim", "numel"}
@@ -91,9 +112,11 @@ class _Propagator:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def fresh(self, channels: int, entry: int | None) -> ChannelMap:
+    def fresh(self, channels: int, entry: int | None, dim: int = 1) -> Channels:
         """``channels`` new pinned channels."""
-        return tuple(frozenset({self.analysis.new_source(entry)}) for _ in range(channels))
+        return Channels(
+            (frozenset({self.analysis.new_source(entry)}) for _ in range(channels)), dim
+        )
 
     def sources(self, meta: Any, entry: int | None) -> Any:
         """Fresh pinned channels for a tensor (or tuple of tensors) described by ``meta``."""
@@ -103,29 +126,53 @@ class _Propagator:
             return [self.sources(item, entry) for item in meta]
         return None
 
+    def entry(self, node: torch.fx.Node, reason: str) -> int:
+        return self.analysis.add_entry(node.name, _describe(node, self.graph_module), reason)
+
     def barrier(self, node: torch.fx.Node, reason: str) -> Any:
         """Keep every channel that flows into ``node``; its outputs are new pinned channels."""
-        entry = self.analysis.add_entry(node.name, _describe(node, self.graph_module), reason)
+        entry = self.entry(node, reason)
         for source in node.all_input_nodes:
             for position in _positions(self.maps.get(source)):
                 self.analysis.pin(position, entry)
         return self.sources(node.meta.get("tensor_meta"), entry)
 
-    def channels(self, value: Any) -> ChannelMap | None:
+    def renew(self, node: torch.fx.Node, x: Channels, reason: str) -> Any:
+        """An operation mixing the channels of ``x`` in place (a norm over channels): pin them,
+        the output has as many new pinned channels along the same dimension."""
+        entry = self.entry(node, reason)
+        for position in x:
+            self.analysis.pin(position, entry)
+        return self.fresh(len(x), entry, x.dim)
+
+    def taint(self, node: torch.fx.Node, x: Channels) -> Any:
+        """Per-channel operation mapping zero to non-zero: channels stay, but are not zero."""
+        positions = []
+        for position in x:
+            element = self.analysis.new_free()
+            self.analysis.union(element, next(iter(position)))
+            positions.append(position | {element})
+        return self.same_channels(node, Channels(positions, x.dim), "output channels differ")
+
+    def channels(self, value: Any) -> Channels | None:
         """The channel map of an argument, or None when it is no tensor with channels."""
         if isinstance(value, torch.fx.Node):
             mapped = self.maps.get(value)
-            return mapped if isinstance(mapped, tuple) else None
+            return mapped if isinstance(mapped, Channels) else None
         return None
 
-    def same_channels(self, node: torch.fx.Node, positions: ChannelMap, reason: str) -> Any:
-        """``positions`` for the output if its channel count matches, else a barrier."""
+    def same_channels(
+        self, node: torch.fx.Node, positions: Any, reason: str, dim: int | None = None
+    ) -> Any:
+        """``positions`` (along ``dim``, default theirs) for the output if its channel count
+        matches, else a barrier."""
+        dim = getattr(positions, "dim", 1) if dim is None else dim
         shape = _shape(node)
-        if shape is None or len(shape) < 2 or shape[1] != len(positions):
+        if shape is None or not 1 <= dim < len(shape) or shape[dim] != len(positions):
             return self.barrier(node, reason)
-        return positions
+        return Channels(positions, dim)
 
-    def record_inputs(self, layer: TracedLayer, positions: ChannelMap) -> None:
+    def record_inputs(self, layer: TracedLayer, positions: Any) -> None:
         """Input channels of a layer; a layer called twice ties its two inputs."""
         if layer.inputs is None:
             layer.inputs = list(positions)
@@ -134,12 +181,27 @@ class _Propagator:
             self.analysis.union(next(iter(old)), next(iter(new)))
             layer.inputs[index] = old | new
 
-    def layer(self, name: str, module: nn.Module, kind: str, rows: int) -> TracedLayer:
+    def layer(
+        self, name: str, module: nn.Module, kind: str, rows: int, **names: str
+    ) -> TracedLayer:
         if name not in self.analysis.layers:
-            layer = TracedLayer(name, module, kind)
+            layer = TracedLayer(name, module, kind, **names)
             layer.rows = [self.analysis.new_producer(name) for _ in range(rows)]
             self.analysis.layers[name] = layer
         return self.analysis.layers[name]
+
+    def last_dim_inputs(
+        self, node: torch.fx.Node, x: Channels | None, features: int, what: str
+    ) -> Channels:
+        """The channels a layer acting on the last dimension reads: those of ``x`` when it
+        follows that dimension, else fresh pinned ones (any followed channels are pinned)."""
+        shape = _shape(node.args[0])
+        if x is not None and shape is not None and x.dim == len(shape) - 1 and len(x) == features:
+            return x
+        entry = self.entry(node, f"{what} reads features that are not the followed channels")
+        for position in x or ():
+            self.analysis.pin(position, entry)
+        return self.fresh(features, entry)
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -164,10 +226,21 @@ class _Propagator:
     def visit_module(self, node: torch.fx.Node, module: nn.Module) -> Any:
         x = self.channels(node.args[0]) if node.args else None
         name = str(node.target)
+        if isinstance(module, nn.Linear):
+            shape = _shape(node.args[0])
+            if shape is None or len(shape) < 2:
+                return self.barrier(node, "Linear on an input without a batch dimension")
+            inputs = self.last_dim_inputs(node, x, module.in_features, "Linear")
+            layer = self.layer(name, module, "linear", module.out_features)
+            self.record_inputs(layer, inputs)
+            rows = (frozenset({element}) for element in layer.rows)
+            return self.same_channels(node, Channels(rows, len(shape) - 1), "Linear output")
+        if attention.is_attention(module):
+            return attention.visit(self, node, module, x)
         if x is None:
             return self.barrier(node, "input has no channel dimension")
         if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
-            if len(x) != module.in_channels:
+            if x.dim != 1 or len(x) != module.in_channels:
                 return self.barrier(node, "input channels do not match in_channels")
             layer = self.layer(name, module, "conv", module.out_channels)
             self.record_inputs(layer, x)
@@ -175,25 +248,26 @@ class _Propagator:
                 multiplier = module.out_channels // module.in_channels
                 for row, element in enumerate(layer.rows):
                     self.analysis.union(element, next(iter(x[row // multiplier])))
-            return tuple(frozenset({element}) for element in layer.rows)
-        if isinstance(module, nn.Linear):
-            shape = _shape(node.args[0])
-            if shape is None or len(shape) != 2 or len(x) != module.in_features:
-                return self.barrier(node, "Linear on an input that is not (batch, features)")
-            layer = self.layer(name, module, "linear", module.out_features)
-            self.record_inputs(layer, x)
-            return tuple(frozenset({element}) for element in layer.rows)
+            return Channels(frozenset({element}) for element in layer.rows)
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            if not module.affine or len(x) != module.num_features:
+            if not module.affine or x.dim != 1 or len(x) != module.num_features:
                 return self.barrier(
                     node, "BatchNorm without affine parameters cannot output zero channels"
                 )
             self.record_inputs(self.layer(name, module, "norm", 0), x)
             return x
+        if isinstance(module, nn.LayerNorm):
+            return self.layer_norm(node, x, len(module.normalized_shape))
         if isinstance(module, nn.Hardtanh) and not module.min_val <= 0 <= module.max_val:
             return self.barrier(node, "Hardtanh whose range excludes zero")
-        if isinstance(module, _PRESERVING_MODULES):
+        if isinstance(module, _ELEMENTWISE_MODULES):
             return self.same_channels(node, x, "output channels differ from input channels")
+        if isinstance(module, _SPATIAL_MODULES):
+            return self.spatial(node, x)
+        if isinstance(module, _GATE_MODULES):
+            return self.taint(node, x)
+        if isinstance(module, nn.Softmax):
+            return self.softmax(node, x, module.dim)
         if isinstance(module, nn.Flatten):
             return self.flatten(node, x, module.start_dim, module.end_dim)
         return self.barrier(node, f"{type(module).__name__} is not known to keep channels apart")
@@ -217,8 +291,18 @@ class _Propagator:
             node, 2, "max_val", 1.0
         ):
             return self.barrier(node, "hardtanh whose range excludes zero")
-        if key in _PRESERVING_FUNCTIONS or key in _PRESERVING_METHODS or _is_stochastic_depth(key):
+        if key in _ELEMENTWISE_FUNCTIONS or key in _ELEMENTWISE_METHODS:
             return self.same_channels(node, x, "output channels differ from input channels")
+        if _is_stochastic_depth(key):
+            return self.same_channels(node, x, "output channels differ from input channels")
+        if key in _SPATIAL_FUNCTIONS:
+            return self.spatial(node, x)
+        if key in _GATE_FUNCTIONS:
+            return self.taint(node, x)
+        if key in (F.softmax, torch.softmax, "softmax"):
+            return self.softmax(node, x, _arg(node, 1, "dim", None))
+        if key is F.layer_norm:
+            return self.layer_norm(node, x, len(_arg(node, 1, "normalized_shape", ())))
         if key in _DIV_OPS:
             if len(args) > 1 and isinstance(args[1], (int, float)) and args[1] != 0:
                 return self.same_channels(node, x, "division changes channels")
@@ -228,6 +312,10 @@ class _Propagator:
             return self.flatten(node, x, start, _arg(node, 2, "end_dim", -1))
         if key in _RESHAPE_OPS:
             return self.reshape(node, x)
+        if key in _PERMUTE_OPS:
+            return self.permute(node, x)
+        if key in _TRANSPOSE_OPS:
+            return self.transpose(node, x)
         if key is F.pad:
             return self.pad(node, x)
         if key in _REDUCE_OPS:
@@ -236,11 +324,47 @@ class _Propagator:
 
     # -- rules ---------------------------------------------------------------------------
 
+    def spatial(self, node: torch.fx.Node, x: Channels) -> Any:
+        """Pooling, interpolation and spatial padding: they act on dims after 1."""
+        if x.dim != 1:
+            return self.barrier(node, "spatial operation on a channel-last tensor")
+        return self.same_channels(node, x, "output channels differ from input channels")
+
+    def softmax(self, node: torch.fx.Node, x: Channels, dim: Any) -> Any:
+        shape = _shape(node.args[0])
+        if not isinstance(dim, int) or shape is None or dim % len(shape) == x.dim:
+            return self.renew(node, x, "softmax over the channels: removing one changes the others")
+        return self.taint(node, x)
+
+    def layer_norm(self, node: torch.fx.Node, x: Channels, normalized: int) -> Any:
+        """LayerNorm over the channels mixes them (pinned); over other dims it maps a zero
+        channel to its bias (followed, not zero)."""
+        shape = _shape(node.args[0])
+        if shape is None or x.dim >= len(shape) - normalized:
+            return self.renew(
+                node, x, "LayerNorm over the channels: removing one changes the others' statistics"
+            )
+        return self.taint(node, x)
+
     def operands(self, node: torch.fx.Node) -> tuple[Any, Any]:
         """The two operands of a binary operation."""
         first = node.args[0] if node.args else node.kwargs.get("input")
         second = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
         return first, second
+
+    def aligned(self, a: Any, b: Any, ma: Channels, mb: Channels) -> bool:
+        """Whether two operands' channels sit at the same position of tensors of equal rank."""
+        sa, sb = _shape(a), _shape(b)
+        return (
+            sa is not None and sb is not None and len(sa) == len(sb)
+            and ma.dim == mb.dim and len(ma) == len(mb)
+        )  # fmt: skip
+
+    def tie(self, node: torch.fx.Node, ma: Channels, mb: Channels, reason: str) -> Any:
+        for pa, pb in zip(ma, mb, strict=True):
+            self.analysis.union(next(iter(pa)), next(iter(pb)))
+        merged = Channels((pa | pb for pa, pb in zip(ma, mb, strict=True)), ma.dim)
+        return self.same_channels(node, merged, reason)
 
     def sum_like(self, node: torch.fx.Node) -> Any:
         a, b = self.operands(node)
@@ -248,20 +372,15 @@ class _Propagator:
         if ma is None and mb is not None and isinstance(a, (int, float)):
             a, b, ma, mb = b, a, mb, ma
         if ma is not None and mb is not None:
-            sa, sb = _shape(a), _shape(b)
-            if sa is None or sb is None or len(sa) != len(sb) or len(ma) != len(mb):
+            if not self.aligned(a, b, ma, mb):
                 return self.barrier(node, "addition that broadcasts across channels")
-            for pa, pb in zip(ma, mb, strict=True):
-                self.analysis.union(next(iter(pa)), next(iter(pb)))
-            return self.same_channels(
-                node,
-                tuple(pa | pb for pa, pb in zip(ma, mb, strict=True)),
-                "addition changes channels",
-            )
-        if ma is not None and isinstance(b, (int, float)) and b == 0:
-            return self.same_channels(node, ma, "addition changes channels")
+            return self.tie(node, ma, mb, "addition changes channels")
+        if ma is not None and isinstance(b, (int, float)):
+            if b == 0:
+                return self.same_channels(node, ma, "addition changes channels")
+            return self.taint(node, ma)  # x + constant: per channel, no longer zero
         return self.barrier(
-            node, "adding a constant or broadcast tensor makes removed channels non-zero"
+            node, "adding a broadcast tensor mixes removed channels with others"
         )
 
     def multiply(self, node: torch.fx.Node) -> Any:
@@ -269,20 +388,17 @@ class _Propagator:
         ma, mb = self.channels(a), self.channels(b)
         if ma is None and mb is None:
             return self.barrier(node, "product of tensors without a channel dimension")
-        same_rank = len(_shape(a) or ()) == len(_shape(b) or ())
-        if ma is not None and mb is not None and len(ma) == len(mb) and same_rank:
-            for pa, pb in zip(ma, mb, strict=True):
-                self.analysis.union(next(iter(pa)), next(iter(pb)))
-            merged = tuple(pa | pb for pa, pb in zip(ma, mb, strict=True))
-            return self.same_channels(node, merged, "product changes channels")
         if ma is not None and mb is not None:
-            # One operand is broadcast over the other's channels (e.g. a gate): keep it whole.
-            keep, other = (ma, mb) if len(ma) >= len(mb) else (mb, ma)
-            entry = self.analysis.add_entry(
-                node.name,
-                _describe(node, self.graph_module),
-                "product with a tensor broadcast over channels",
-            )
+            if self.aligned(a, b, ma, mb):  # e.g. a squeeze-excite gate (N, C, 1, 1)
+                return self.tie(node, ma, mb, "product changes channels")
+            # One operand is broadcast over the other's channels: keep it whole.
+            out = _shape(node)
+            keep, other = (ma, mb) if _shape(a) == out else (mb, ma)
+            small = _shape(b if keep is ma else a) or ()
+            offset = len(out or ()) - len(small)
+            if out is None or (keep.dim - offset >= 0 and small[keep.dim - offset] != 1):
+                return self.barrier(node, "product mixing channels of different tensors")
+            entry = self.entry(node, "product with a tensor broadcast over channels")
             for position in other:
                 self.analysis.pin(position, entry)
             return self.same_channels(node, keep, "product changes channels")
@@ -297,14 +413,14 @@ class _Propagator:
         if not isinstance(tensors, (list, tuple)) or shape is None:
             return self.barrier(node, "concatenation of unknown tensors")
         maps = [self.channels(t) for t in tensors]
-        if any(m is None for m in maps):
-            return self.barrier(node, "concatenation of tensors without channels")
+        if any(m is None for m in maps) or len({m.dim for m in maps}) != 1:
+            return self.barrier(node, "concatenation of tensors without the same channels")
+        channel_dim = maps[0].dim
         dim = _arg(node, 1, "dim", 0)
         dim = dim + len(shape) if dim < 0 else dim
-        if dim == 1:
-            return self.same_channels(
-                node, tuple(p for m in maps for p in m), "concatenation changes channels"
-            )
+        if dim == channel_dim:
+            positions = Channels((p for m in maps for p in m), channel_dim)
+            return self.same_channels(node, positions, "concatenation changes channels")
         if len({len(m) for m in maps}) != 1:
             return self.barrier(node, "concatenation mixing channels")
         merged = []
@@ -312,60 +428,106 @@ class _Propagator:
             for position in positions[1:]:
                 self.analysis.union(next(iter(positions[0])), next(iter(position)))
             merged.append(frozenset().union(*positions))
-        return self.same_channels(node, tuple(merged), "concatenation changes channels")
+        return self.same_channels(
+            node, Channels(merged, channel_dim), "concatenation changes channels"
+        )
 
-    def flatten(self, node: torch.fx.Node, x: ChannelMap, start: int, end: int) -> Any:
+    def flatten(self, node: torch.fx.Node, x: Channels, start: int, end: int) -> Any:
         shape = _shape(node.args[0])
         if shape is None:
             return self.barrier(node, "flatten of a tensor of unknown shape")
         rank = len(shape)
-        start, end = start % rank, end % rank
-        if start >= 2 or start == end:
+        start, end, dim = start % rank, end % rank, x.dim
+        if start == end or dim < start:
             return self.same_channels(node, x, "flatten changes channels")
-        if start != 1:
+        if dim > end:
+            return self.same_channels(node, x, "flatten changes channels", dim - (end - start))
+        if start == 0:
             return self.barrier(node, "flatten merging the batch and channel dimensions")
-        repeat = math.prod(shape[2 : end + 1])
-        return self.same_channels(
-            node, tuple(p for p in x for _ in range(repeat)), "flatten changes channels"
-        )
+        outer, inner = math.prod(shape[start:dim]), math.prod(shape[dim + 1 : end + 1])
+        positions = [p for _ in range(outer) for p in x for _ in range(inner)]
+        return self.same_channels(node, positions, "flatten changes channels", start)
 
-    def reshape(self, node: torch.fx.Node, x: ChannelMap) -> Any:
+    def reshape(self, node: torch.fx.Node, x: Channels) -> Any:
         in_shape, out_shape = _shape(node.args[0]), _shape(node)
         sizes = list(node.args[1:])
         if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
             sizes = list(sizes[0])
         if not sizes:
             sizes = list(node.kwargs.get("shape", ()))
-        hard_coded = len(sizes) > 1 and isinstance(sizes[1], int) and sizes[1] != -1
         if in_shape is None or out_shape is None:
             return self.barrier(node, "reshape of a tensor of unknown shape")
-        if hard_coded:
-            return self.barrier(
-                node,
-                f"reshape with a hard-coded size {sizes[1]} in dim 1; "
-                "write x.flatten(1) or x.view(x.size(0), -1)",
-            )
         if out_shape == in_shape:
             return x
-        if len(out_shape) == 2 and out_shape[0] == in_shape[0] and len(in_shape) >= 2:
-            return self.flatten(node, x, 1, -1)
-        return self.barrier(node, "reshape that moves channels")
+        dim = x.dim
+        before = math.prod(in_shape[:dim])
+        # The channel dimension survives whole, possibly at another index.
+        for j in range(1, len(out_shape)):
+            if math.prod(out_shape[:j]) == before and out_shape[j] == in_shape[dim]:
+                return self._reshaped(node, x, sizes, j, x)
+            if math.prod(out_shape[:j]) > before:
+                break
+        # Or it is merged with neighbours into one dimension (a flatten).
+        for j in range(1, len(out_shape)):
+            head, tail = math.prod(out_shape[:j]), math.prod(out_shape[: j + 1])
+            starts = [s for s in range(1, dim + 1) if math.prod(in_shape[:s]) == head]
+            ends = [e for e in range(dim, len(in_shape)) if math.prod(in_shape[: e + 1]) == tail]
+            if starts and ends:
+                outer = math.prod(in_shape[starts[-1] : dim])
+                inner = math.prod(in_shape[dim + 1 : ends[0] + 1])
+                positions = [p for _ in range(outer) for p in x for _ in range(inner)]
+                return self._reshaped(node, x, sizes, j, positions)
+        return self.barrier(node, "reshape that splits or mixes channels")
+
+    def _reshaped(self, node: torch.fx.Node, x: Channels, sizes: list, j: int, positions):
+        size = sizes[j] if j < len(sizes) else None
+        if isinstance(size, int) and size != -1:
+            return self.barrier(
+                node,
+                f"reshape with a hard-coded size {size} in dim {j}; "
+                "write x.flatten(1) or x.view(x.size(0), -1)",
+            )
+        return self.same_channels(node, positions, "reshape changes channels", j)
+
+    def permute(self, node: torch.fx.Node, x: Channels) -> Any:
+        dims = list(node.args[1:]) or list(node.kwargs.get("dims", ()))
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = list(dims[0])
+        shape = _shape(node.args[0])
+        if shape is None or not all(isinstance(d, int) for d in dims) or len(dims) != len(shape):
+            return self.barrier(node, "permute with dimensions known only at run time")
+        dims = [d % len(shape) for d in dims]
+        if dims[0] != 0:
+            return self.barrier(node, "permute that moves the batch dimension")
+        return self.same_channels(node, x, "permute changes channels", dims.index(x.dim))
+
+    def transpose(self, node: torch.fx.Node, x: Channels) -> Any:
+        shape = _shape(node.args[0])
+        first, second = _arg(node, 1, "dim0", None), _arg(node, 2, "dim1", None)
+        if shape is None or not isinstance(first, int) or not isinstance(second, int):
+            return self.barrier(node, "transpose with dimensions known only at run time")
+        first, second = first % len(shape), second % len(shape)
+        if 0 in (first, second):
+            return self.barrier(node, "transpose that moves the batch dimension")
+        swap = {first: second, second: first}
+        return self.same_channels(node, x, "transpose changes channels", swap.get(x.dim, x.dim))
 
     def getitem(self, node: torch.fx.Node) -> Any:
         container, index = node.args[0], node.args[1]
         value = self.maps.get(container) if isinstance(container, torch.fx.Node) else None
         if isinstance(value, list) and isinstance(index, int):
             return value[index]
-        if not isinstance(value, tuple):
+        if not isinstance(value, Channels):
             if isinstance(node.meta.get("tensor_meta"), TensorMetadata) and _shape(node):
                 return self.barrier(node, "indexing of a value the analysis does not follow")
             return None
         items = index if isinstance(index, tuple) else (index,)
-        if _keeps_channels(items, len(_shape(container) or ())):
-            return self.same_channels(node, value, "indexing changes channels")
-        return self.barrier(node, "indexing of the channel dimension with constant positions")
+        dim = _indexed_channel_dim(items, len(_shape(container) or ()), value.dim)
+        if dim is None:
+            return self.barrier(node, "indexing of the channel dimension with constant positions")
+        return self.same_channels(node, value, "indexing changes channels", dim)
 
-    def pad(self, node: torch.fx.Node, x: ChannelMap) -> Any:
+    def pad(self, node: torch.fx.Node, x: Channels) -> Any:
         shape = _shape(node.args[0])
         amounts = _arg(node, 1, "pad", ())
         mode = _arg(node, 2, "mode", "constant")
@@ -379,10 +541,10 @@ class _Propagator:
             low, high = amounts[2 * pair], amounts[2 * pair + 1]
             if not (low or high):
                 continue
-            if dim == 0 or (dim >= 2 and not zero_fill):
+            if dim == 0 or (dim != x.dim and not zero_fill):
                 return self.barrier(node, "pad of the batch dimension or with a non-zero value")
-            if dim == 1:
-                if mode != "constant" or value or low < 0 or high < 0:
+            if dim == x.dim:
+                if mode != "constant" or value or low < 0 or high < 0 or x.dim != 1:
                     return self.barrier(node, "channel pad that is not a zero fill")
                 before, after = low, high
         if not (before or after):
@@ -396,23 +558,28 @@ class _Propagator:
                 "amounts cannot be rewritten; channels added to them are kept",
             )
             padded = self.fresh(before, entry) + x + self.fresh(after, entry)
-            return self.same_channels(node, padded, "pad changes channels")
+            return self.same_channels(node, padded, "pad changes channels", 1)
         index = sum(site.module == owner for site in self.analysis.pads)
         low = [self.analysis.new_pad_source() for _ in range(before)]
         high = [self.analysis.new_pad_source() for _ in range(after)]
         self.analysis.pads.append(PadSite(owner, index, len(shape) - 2, low, high))
         padded = tuple(frozenset({e}) for e in low) + x + tuple(frozenset({e}) for e in high)
-        return self.same_channels(node, padded, "pad changes channels")
+        return self.same_channels(node, padded, "pad changes channels", 1)
 
-    def reduce(self, node: torch.fx.Node, x: ChannelMap) -> Any:
+    def reduce(self, node: torch.fx.Node, x: Channels) -> Any:
         shape = _shape(node.args[0])
         dims = _arg(node, 1, "dim", None)
         if shape is None or dims is None:
             return self.barrier(node, "reduction over all dimensions")
         dims = [dims] if isinstance(dims, int) else list(dims)
-        if not all(isinstance(d, int) for d in dims) or any(d % len(shape) < 2 for d in dims):
+        if not all(isinstance(d, int) for d in dims):
+            return self.barrier(node, "reduction over dimensions known only at run time")
+        dims = [d % len(shape) for d in dims]
+        if 0 in dims or x.dim in dims:
             return self.barrier(node, "reduction over the batch or channel dimension")
-        return self.same_channels(node, x, "reduction changes channels")
+        keepdim = _arg(node, 2, "keepdim", False)
+        dim = x.dim if keepdim else x.dim - sum(d < x.dim for d in dims)
+        return self.same_channels(node, x, "reduction changes channels", dim)
 
 
 def _is_stochastic_depth(target: Any) -> bool:
@@ -422,19 +589,33 @@ def _is_stochastic_depth(target: Any) -> bool:
     ).startswith("torchvision.")
 
 
-def _keeps_channels(items: tuple[Any, ...], rank: int) -> bool:
-    """Whether tensor indexing ``items`` leaves dims 0 and 1 whole (spatial slicing only)."""
+def _indexed_channel_dim(items: tuple[Any, ...], rank: int, dim: int) -> int | None:
+    """Where channel dimension ``dim`` lands after indexing with ``items``, or None when
+    the indexing touches the batch or channel dimension (or uses tensors)."""
     full = slice(None)
-    if any(item is None for item in items):
-        return False
-    if items and items[0] is Ellipsis:
-        return len(items) - 1 <= rank - 2
-    leading = items[:2]
-    if Ellipsis in items[2:]:
-        return False
-    return all(isinstance(item, slice) and item == full for item in leading) or (
-        len(items) >= 2 and items[0] == full and items[1] is Ellipsis
-    )
+    if any(not isinstance(item, (slice, int, type(None), type(Ellipsis))) for item in items):
+        return None
+    if sum(item is Ellipsis for item in items) > 1:
+        return None
+    consumed = sum(item is not None and item is not Ellipsis for item in items)
+    expanded: list[Any] = []
+    for item in items:
+        if item is Ellipsis:
+            expanded += [full] * (rank - consumed)
+        else:
+            expanded.append(item)
+    in_dim = out_dim = 0
+    for item in expanded:
+        if item is None:
+            out_dim += 1
+            continue
+        if in_dim in (0, dim) and item != full:
+            return None
+        if in_dim == dim:
+            return out_dim
+        in_dim += 1
+        out_dim += 0 if isinstance(item, int) else 1
+    return out_dim + (dim - in_dim)
 
 
 def _describe(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> str:
