@@ -172,10 +172,10 @@ def reference_masks(strategy_cls, model, compression, data):
     if strategy_cls in (GlobalMagWeight, LayerMagWeight):
         scores = {n: p.abs() for n, p in params.items()}
     elif strategy_cls in (GlobalMagGrad, LayerMagGrad):
-        grads = compute_gradients(copy.deepcopy(model), list(params), data)
+        grads = compute_gradients(copy.deepcopy(model), list(params), data, train=True)
         scores = {n: (p * grads[n]).abs() for n, p in params.items()}
     elif strategy_cls in (GlobalMagAct, LayerMagAct):
-        acts = input_activation_importance(copy.deepcopy(model), list(params), data)
+        acts = input_activation_importance(copy.deepcopy(model), list(params), data, train=True)
         scores = {n: p.abs() * acts[n] for n, p in params.items()}
     else:
         generator = torch.Generator().manual_seed(0)

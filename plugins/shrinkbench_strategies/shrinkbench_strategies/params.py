@@ -15,6 +15,36 @@ class ChannelParameters(BaseModel):
     norm: Literal["l1", "l2"] = Field("l1", description="Norm scoring each output channel.")
 
 
+_BN_MODE = Field(
+    "train",
+    description="Mode the model is measured in: 'train' (BatchNorm on the batch's statistics, "
+    "dropout active, as the original ShrinkBench and as fine-tuning will see it) or 'eval' "
+    "(running statistics, no dropout: the function that is evaluated).",
+)
+
+
+class MagGradParameters(BaseModel):
+    """Options of the gradient-magnitude baselines."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bn_mode: Literal["train", "eval"] = _BN_MODE
+
+
+class MagActParameters(BaseModel):
+    """Options of the activation-magnitude baselines."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bn_mode: Literal["train", "eval"] = _BN_MODE
+    statistic: Literal["mean_abs", "abs_mean"] = Field(
+        "mean_abs",
+        description="Input-channel score: 'mean_abs' = mean |x| (the size of what the weight "
+        "multiplies, signed inputs included) or 'abs_mean' = |mean x| (the original "
+        "ShrinkBench's, near zero for a signed channel whatever its size).",
+    )
+
+
 # -- pruning at initialization, second-order, N:M and activation-aware scores -----------------
 class SnipParameters(BaseModel):
     """Options of SNIP."""

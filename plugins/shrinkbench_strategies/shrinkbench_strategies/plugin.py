@@ -24,7 +24,11 @@ def _spec(name: str, module: str, summary: str, scope: str, **facts) -> Strategy
 def strategy_specs() -> list[StrategySpec]:
     """Every strategy this package provides."""
     from shrinkbench_strategies.advanced_specs import advanced_strategy_specs
-    from shrinkbench_strategies.params import ChannelParameters
+    from shrinkbench_strategies.params import (
+        ChannelParameters,
+        MagActParameters,
+        MagGradParameters,
+    )
 
     return [
         _spec(
@@ -48,6 +52,7 @@ def strategy_specs() -> list[StrategySpec]:
             "global",
             needs_data=True,
             needs_gradients=True,
+            parameters=MagGradParameters,
             reference=MOLCHANOV_2017,
         ),
         _spec(
@@ -57,22 +62,25 @@ def strategy_specs() -> list[StrategySpec]:
             "layerwise",
             needs_data=True,
             needs_gradients=True,
+            parameters=MagGradParameters,
             reference=MOLCHANOV_2017,
         ),
         _spec(
             "GlobalMagAct",
             "activation",
-            "Largest |w| x mean |input activation| across all layers (calibration data)",
+            "Largest |w| x input activation (mean |x| or |mean x|) across all layers",
             "global",
             needs_data=True,
+            parameters=MagActParameters,
             reference=BLALOCK_2020,
         ),
         _spec(
             "LayerMagAct",
             "activation",
-            "Largest |w| x mean |input activation| within each layer (calibration data)",
+            "Largest |w| x input activation (mean |x| or |mean x|) within each layer",
             "layerwise",
             needs_data=True,
+            parameters=MagActParameters,
             reference=BLALOCK_2020,
         ),
         _spec(
