@@ -294,6 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``shrinkbench-run``."""
+    args = build_run_parser().parse_args(argv)
+    return _guard(cmd_run, args)
+
+
+def build_run_parser() -> argparse.ArgumentParser:
+    """The ``shrinkbench-run`` parser."""
     parser = argparse.ArgumentParser(
         prog="shrinkbench-run",
         description="Prune a model with a strategy, fine-tune it and report accuracy, compression "
@@ -302,8 +308,7 @@ def run_main(argv: Sequence[str] | None = None) -> int:
     )
     add_run_arguments(parser)
     parser.add_argument("--version", action="version", version=f"shrinkbench-run {__version__}")
-    args = parser.parse_args(argv)
-    return _guard(cmd_run, args)
+    return parser
 
 
 if __name__ == "__main__":  # pragma: no cover
