@@ -396,7 +396,7 @@ class Unusual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.gated(x)
-        x = x * torch.sigmoid(self.gate(F.adaptive_avg_pool2d(x, 1)))  # squeeze-excite gate
+        x = x * torch.softmax(self.gate(x), 1)  # attention over channels mixes them
         y = self.sliced(x)
         x = torch.cat([y[:, :4], y[:, 4:]], 1)  # channel slicing by constants
         x = self.free(self.norm(self.grouped_norm(x)))
@@ -409,7 +409,7 @@ def test_unsupported_patterns_are_reported_and_left_intact():
     example = torch.randn(1, 3, 8, 8)
     analysis = analyze_channels(model, example)
     reasons = {u.operation: u for u in analysis.unsupported()}
-    assert "gated" in reasons["sigmoid"].layers and "gate" in reasons["sigmoid"].layers
+    assert "gated" in reasons["softmax"].layers and "gate" in reasons["softmax"].layers
     assert "sliced" in reasons["getitem"].layers
     assert reasons["GroupNorm"].layers == ("grouped_norm",)
     assert "hard-coded size 128" in reasons["view"].reason and reasons["view"].layers == ("free",)
@@ -422,7 +422,7 @@ def test_unsupported_patterns_are_reported_and_left_intact():
     }  # fmt: skip
     result = shrink_model(model, masks, example)
     assert result.params_after == result.params_before
-    assert {u.node for u in result.unsupported} >= {"sigmoid", "getitem", "norm", "view"}
+    assert {u.node for u in result.unsupported} >= {"softmax", "getitem", "norm", "view"}
     fresh = torch.randn(2, 3, 8, 8)
     completed = complete_channel_masks(model, masks, example)
     assert_close(run(masked_copy(model, completed), fresh), run(result.model, fresh))

@@ -171,7 +171,8 @@ class PrunedMultiheadAttention(nn.Module):
         self.dropout = source.dropout
         index, cols = torch.tensor(rows), torch.tensor(columns)
         weight = source.in_proj_weight.detach()
-        self.in_proj_weight = nn.Parameter(weight[index.to(weight.device)][:, cols.to(weight.device)])
+        picked = weight[index.to(weight.device)][:, cols.to(weight.device)]
+        self.in_proj_weight = nn.Parameter(picked)
         bias = source.in_proj_bias
         self.in_proj_bias = (
             nn.Parameter(bias.detach()[index.to(bias.device)]) if bias is not None else None
