@@ -275,6 +275,42 @@ def shrinkbench_register_datasets():
     assert code == 2 and err[1].strip() == "dataset.params.root: nothing under nowhere"
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"model": {"name": "mlp"}},
+        {"model": {"name": "lenet300"}},
+        {"model": {"name": "mlp", "params": {"hidden_sizes": [32]}},
+         "prunable": {"exclude": ["layers.0.*"]}},
+    ],
+)  # fmt: skip
+def test_an_unreachable_compression_is_found_before_the_run_with_the_runners_figure(data):
+    import re
+
+    import torch
+
+    from shrinkbench_core.errors import CompressionError, ConfigError
+    from shrinkbench_core.experiment.resolve import validate_experiment
+    from shrinkbench_core.pruning.compression import compression_budget
+    from shrinkbench_core.pruning.prunable import find_classifier, prunable_parameters
+    from shrinkbench_core.registry import get_registry
+
+    with pytest.raises(ConfigError) as caught:
+        validate_experiment({**data, "compression": 1e6}, get_registry())
+    (line,) = [p for p in caught.value.problems if p.startswith("compression:")]
+    largest = re.search(r"largest reachable compression is ([\d.]+)", line).group(1)
+    # The same figure as the runner's own check on the real model:
+    resolved = validate_experiment(data, get_registry())
+    spec, config = resolved.model, resolved.config
+    model = spec.load()(spec.parameters(**config.model.params), num_classes=10,
+                        input_shape=(1, 8, 8))
+    classifier = spec.classifier or find_classifier(model, torch.zeros(1, 1, 8, 8))
+    prunable = prunable_parameters(model, config.prunable, classifier)
+    with pytest.raises(CompressionError, match=f"largest reachable compression is {largest}"):
+        compression_budget(model, prunable, 1e6)
+    validate_experiment({**data, "compression": float(largest) * 0.99}, get_registry())
+
+
 # -- 9. values and paths at the edges ----------------------------------------------------
 @pytest.mark.parametrize(
     "argv, expected",

@@ -14,7 +14,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shrinkbench_core.config import ExperimentConfig, format_validation_error, salvage_config
+from shrinkbench_core.config import (
+    ExperimentConfig,
+    config_digest,
+    format_validation_error,
+    salvage_config,
+)
 from shrinkbench_core.errors import ConfigError, UserError
 from shrinkbench_core.factories import factory_problem
 from shrinkbench_core.registry import Registry
@@ -172,6 +177,9 @@ def resolve_config(
         problems.append(f"calibration_batches: strategy {strategy.name} needs at least 1")
     if check_environment:
         problems.extend(environment_problems(config, dataset))
+        if dataset and model and not problems:
+            reach = compression_problem(ExperimentConfig.model_validate(data), dataset, model)
+            problems.extend([reach] if reach else [])
     if problems:
         raise ConfigError(problems)
     return ResolvedExperiment(
@@ -273,3 +281,60 @@ def dataset_problems(spec: DatasetSpec, params: dict[str, Any]) -> list[str]:
             f"{type(error).__name__}: {error}"
         ]
     return [f"dataset.params.{line}" if ": " in line else f"dataset: {line}" for line in found]
+
+
+_LARGEST: dict[str, float | None] = {}
+
+
+def compression_problem(
+    config: ExperimentConfig, dataset: DatasetSpec, model: ModelSpec
+) -> str | None:
+    """``compression: ...`` when the model cannot reach the requested compression.
+
+    The model is built on torch's ``meta`` device (shapes only: no memory, no
+    weights), so the check costs a fraction of a second and is cached per
+    model configuration. Models configured by strings (paths, hub names) are
+    skipped, as are models that cannot be built that way: the runner checks
+    again before training.
+    """
+    params = config.model.params
+    if any(isinstance(value, str) for value in params.values()):
+        return None
+    key = config_digest([model.qualified_name, params, dataset.input_shape, dataset.num_classes,
+                         config.prunable.model_dump(mode="json")])
+    if key not in _LARGEST:
+        _LARGEST[key] = _largest_compression(config, dataset, model)
+    largest = _LARGEST[key]
+    if largest is None or config.compression <= largest:
+        return None
+    return (
+        f"compression: {config.compression:g} cannot be reached by {model.name}: its "
+        f"non-prunable parameters stay. The largest reachable compression is {largest:.4g}"
+    )
+
+
+def _largest_compression(
+    config: ExperimentConfig, dataset: DatasetSpec, model: ModelSpec
+) -> float | None:
+    """All parameters / (non-prunable parameters + 1), or ``None`` when it cannot be known."""
+    import torch
+
+    from shrinkbench_core.pruning.prunable import find_classifier, prunable_parameters
+
+    try:
+        with torch.device("meta"):
+            network = model.load()(
+                model.parameters(**config.model.params),
+                num_classes=dataset.num_classes,
+                input_shape=tuple(dataset.input_shape),
+            )
+            example = torch.zeros(1, *dataset.input_shape)
+            classifier = model.classifier or find_classifier(network, example)
+        prunable = set(prunable_parameters(network, config.prunable, classifier))
+    except Exception:  # not buildable on meta (files, hub downloads, integer inputs...)
+        return None
+    sizes = {name: p.numel() for name, p in network.named_parameters()}
+    if not prunable:
+        return None
+    fixed = sum(size for name, size in sizes.items() if name not in prunable)
+    return sum(sizes.values()) / (fixed + 1)
