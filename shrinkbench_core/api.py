@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from shrinkbench_core.data import DataSplits
-    from shrinkbench_core.export.core import ExportResult
+    from shrinkbench_core.exporting.core import ExportResult
     from shrinkbench_core.metrics.flops import FlopReport
     from shrinkbench_core.pruning.strategy import Strategy
     from shrinkbench_core.registry import Registry
@@ -538,25 +538,6 @@ def _apply_field(data: dict[str, Any], key: str, value: Any, apply_override: Cal
         apply_override(data, key, value)
 
 
-def _check_user_objects(data: dict[str, Any], model: Any, user_data: Any) -> None:
-    """A user object and a registered name for the same field is an error."""
-    problems = []
-    section = data.get("model")
-    if model is not None and isinstance(section, Mapping) and set(section) & {"name", "params"}:
-        problems.append(
-            f"model.name: given both model= (your {type(model).__name__}) and the registered "
-            f"model {section.get('name')!r}; use one of them"
-        )
-    section = data.get("dataset")
-    if user_data is not None and isinstance(section, Mapping) and set(section) & {"name", "params"}:
-        problems.append(
-            f"dataset.name: given both data= (your {type(user_data).__name__}) and the "
-            f"registered dataset {section.get('name')!r}; use one of them"
-        )
-    if problems:
-        raise ConfigError(problems)
-
-
 def run(
     config: Any = None,
     /,
@@ -578,16 +559,14 @@ def run(
     their architecture and initial weights go into the run's digest, so two
     different models never share a run directory or dense cache. Same run
     directory, dense cache and resume as ``shrinkbench-run``; a completed run
-    is reported, not redone, unless ``force``.
+    is reported, not redone, unless ``force``. Passing ``model`` while the
+    config also names a model (``data`` and a dataset) is a ``ConfigError``.
     """
     from shrinkbench_core.config import build_config
     from shrinkbench_core.experiment import run_experiment
 
     merged = config_dict(config, fields)
-    _check_user_objects(merged, model, data)
-    return run_experiment(
-        build_config(merged), model=model, data=data, quiet=quiet, force=force
-    )
+    return run_experiment(build_config(merged), model=model, data=data, quiet=quiet, force=force)
 
 
 def run_sweep(
@@ -637,8 +616,8 @@ def run_sweep(
 
 def export(source: Any, out: str | Path, **options: Any) -> ExportResult:
     """Export a finished run (its directory or ``RunResult``) or a model to a file
-    loadable without ShrinkBench; see :func:`shrinkbench_core.export.export_model`
+    loadable without ShrinkBench; see :func:`shrinkbench_core.exporting.export_model`
     for ``format`` (``pt``, ``safetensors``, ``onnx``), ``shrink`` and the rest."""
-    from shrinkbench_core.export import export_model
+    from shrinkbench_core.exporting import export_model
 
     return export_model(source, out, **options)

@@ -23,7 +23,7 @@ EXTRA_COMMANDS = (
     "shrinkbench_core.results.cli",
     "shrinkbench_core.plot.cli",
     "shrinkbench_core.survey.cli",
-    "shrinkbench_core.export.cli",
+    "shrinkbench_core.exporting.cli",
     "shrinkbench_core.inspect.cli",
 )
 

@@ -70,8 +70,10 @@ def write_pt(model: nn.Module, example: torch.Tensor, path: Path) -> tuple[float
     except Exception as error:  # some models only export with their example's exact shape
         notes.append(f"exported for batch size {example.shape[0]} only ({type(error).__name__})")
         program = torch.export.export(model, (example,), strict=False)
-    torch.export.save(program, str(path))
-    loaded = torch.export.load(str(path)).module()
+    with path.open("wb") as handle:  # a file object: any suffix, not only .pt2
+        torch.export.save(program, handle)
+    with path.open("rb") as handle:
+        loaded = torch.export.load(handle).module()
     with torch.no_grad():
         return max_difference(model(example), loaded(example)), notes
 

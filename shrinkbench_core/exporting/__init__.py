@@ -1,5 +1,7 @@
 """Export a finished run (or any model) to a file that loads without ShrinkBench.
 
+(Named ``exporting`` so that it never shadows the API function ``shrinkbench_core.export``.)
+
 Formats (``shrinkbench export RUN_DIR --format ... --out FILE``, ``sb.export``):
 
 * ``pt``: a ``torch.export`` program (``torch.export.save``); load it with
@@ -21,14 +23,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shrinkbench_core.export.core import FORMATS, ExportResult, export_model
+    from shrinkbench_core.exporting.core import FORMATS, ExportResult, export_model
 
 __all__ = ["FORMATS", "ExportResult", "export_model"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from shrinkbench_core.export import core
+        from shrinkbench_core.exporting import core
 
         return getattr(core, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,7 +54,7 @@ class ExportResult:
             f"check: max |difference| from the model = {self.max_abs_diff:.3g}",
         ]
         lines += [f"note: {note}" for note in self.notes]
-        lines.append(f"load: {LOADERS[self.format].format(path=self.path)}")
+        lines.append(f"load: {loader_hint(self.format, self.path)}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
@@ -72,11 +72,20 @@ class ExportResult:
         }
 
 
-LOADERS = {
-    "pt": "torch.export.load('{path}').module()",
-    "safetensors": "safetensors.torch.load_file('{path}')",
-    "onnx": "onnxruntime.InferenceSession('{path}')",
-}
+def loader_hint(fmt: str, path: Path) -> str:
+    """The line of Python that loads the file, without ShrinkBench."""
+    if fmt == "pt":
+        source = f"'{path}'" if path.suffix == ".pt2" else f"open('{path}', 'rb')"
+        return f"torch.export.load({source}).module()"
+    if fmt == "safetensors":
+        return f"safetensors.torch.load_file('{path}')"
+    return f"onnxruntime.InferenceSession('{path}')"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def resolve_format(fmt: str | None, out: Path) -> str:
@@ -140,8 +149,8 @@ def export_model(
     import torch
     from torch import nn
 
-    from shrinkbench_core.export import formats
-    from shrinkbench_core.export.source import from_model, from_run
+    from shrinkbench_core.exporting import formats
+    from shrinkbench_core.exporting.source import from_model, from_run
 
     out = Path(out).expanduser()
     fmt = resolve_format(format, out)
@@ -192,6 +201,7 @@ def export_model(
                 "nothing was written"
             )
         os.replace(temporary, out)
+        os.chmod(out, 0o666 & ~_umask())
     finally:
         temporary.unlink(missing_ok=True)
     with torch.no_grad():

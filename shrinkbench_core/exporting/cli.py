@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export one run; print where, how big, and the check's difference."""
-    from shrinkbench_core.export.core import export_model
+    from shrinkbench_core.exporting.core import export_model
 
     result = export_model(args.run_dir, args.out, format=args.format, shrink=args.shrink)
     print(json.dumps(result.as_dict(), indent=2) if args.json else result.summary())
