@@ -8,8 +8,9 @@ Layouts (``layout`` parameter):
   ``ILSVRC2012_img_val.tar`` archives, which torchvision extracts on first use).
 * ``folder``: ``train/<class>/*`` and ``val/<class>/*`` (any image extension
   torchvision knows); validation labels use the training folders' class order.
-* ``auto``: ``imagenet`` when ``meta.bin`` or the devkit archive is present,
-  else ``folder``.
+* ``auto``: ``imagenet`` when ``meta.bin`` or the devkit archive is present
+  with both splits, else ``folder``. An explicit layout is honoured whenever its
+  files are there, whatever else the folder holds.
 
 The dataset folder is ``root`` (default ``$SHRINKBENCH_DATA``, else ``./data``)
 or its subfolder ``imagenet``. The official validation set is the test split
@@ -28,45 +29,17 @@ from torchvision import datasets
 from shrinkbench_core.data import DataSplits
 from shrinkbench_core.errors import DataMissingError
 
+from .checks import HOW_TO_GET, DataNotFound, locate_imagenet
 from .parameters import ImageNetParameters
-from .splits import assemble_splits, candidate_roots
-
-DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
-ARCHIVES = {"train": "ILSVRC2012_img_train.tar", "val": "ILSVRC2012_img_val.tar"}
-
-HOW_TO_GET = (
-    "ImageNet cannot be downloaded automatically: sign in at https://image-net.org, download "
-    f"{ARCHIVES['train']}, {ARCHIVES['val']} and {DEVKIT} (ILSVRC 2012) into that folder "
-    "(torchvision extracts them on first use), or provide train/<class>/ and val/<class>/ "
-    "image folders; then point -p dataset.root (or $SHRINKBENCH_DATA) at it."
-)
-
-
-def detect_layout(folder: Path) -> str | None:
-    """``"imagenet"``, ``"folder"`` or ``None`` when ``folder`` holds neither layout."""
-    if (folder / "meta.bin").is_file() or (folder / DEVKIT).is_file():
-        split_ready = all(
-            (folder / split).is_dir() or (folder / archive).is_file()
-            for split, archive in ARCHIVES.items()
-        )
-        return "imagenet" if split_ready else None
-    if (folder / "train").is_dir() and (folder / "val").is_dir():
-        return "folder"
-    return None
+from .splits import assemble_splits
 
 
 def locate(params: ImageNetParameters) -> tuple[Path, str]:
     """The dataset folder and its layout, or :class:`DataMissingError` naming where it looked."""
-    candidates = candidate_roots(params.root, "imagenet")
-    for folder in candidates:
-        layout = detect_layout(folder)
-        if layout and params.layout in ("auto", layout):
-            return folder, layout
-    wanted = "either layout" if params.layout == "auto" else f"the {params.layout!r} layout"
-    raise DataMissingError(
-        f"ImageNet not found: looked for {wanted} in {' and '.join(map(str, candidates))}. "
-        + HOW_TO_GET
-    )
+    try:
+        return locate_imagenet(params)
+    except DataNotFound as error:
+        raise DataMissingError(str(error)) from None
 
 
 class _ClassFolder(datasets.ImageFolder):

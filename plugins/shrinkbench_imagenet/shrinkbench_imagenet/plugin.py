@@ -28,6 +28,7 @@ def shrinkbench_register_datasets() -> list[DatasetSpec]:
             summary="ImageNet ILSVRC 2012: 1.28M train / 50k val images, 1000 classes "
             "(or any class-per-folder set).",
             factory="shrinkbench_imagenet.imagenet:build",
+            check="shrinkbench_imagenet.checks:check_imagenet",
             parameters=ImageNetParameters,
             input_shape=IMAGE_SHAPE,
             num_classes=1000,
@@ -36,6 +37,7 @@ def shrinkbench_register_datasets() -> list[DatasetSpec]:
             name="places365",
             summary="Places365-Standard scenes: 1.8M train / 36.5k val images, 365 classes.",
             factory="shrinkbench_imagenet.places365:build",
+            check="shrinkbench_imagenet.checks:check_places365",
             parameters=Places365Parameters,
             input_shape=IMAGE_SHAPE,
             num_classes=365,
