@@ -33,8 +33,17 @@ KINDS = {
     ),
     "model": ("ModelSpec", "", ["--model", "BrokenThing"], "model.name"),
     "metric": ("MetricSpec", 'unit="x"', ["-p", "metrics=[size,BrokenThing]"], "metrics[1]"),
+    "schedule": ("ScheduleSpec", "", ["-p", "schedule.kind=BrokenThing"], "schedule.kind"),
+    "tracker": ("TrackerSpec", "", ["-p", "trackers=[BrokenThing]"], "trackers[0]"),
 }
-HOOKS = {"strategy": "strategies", "dataset": "datasets", "model": "models", "metric": "metrics"}
+HOOKS = {
+    "strategy": "strategies",
+    "dataset": "datasets",
+    "model": "models",
+    "metric": "metrics",
+    "schedule": "schedules",
+    "tracker": "trackers",
+}
 
 
 def install_component(fake_dists, kind: str, factory_source: str, attr: str = "thing") -> str:
@@ -90,7 +99,7 @@ def test_a_factory_that_is_missing_from_its_module_is_reported(kind, fake_dists,
     assert f"{KINDS[kind][3]}: cannot import {module}:thing (plugin sb-broken-{kind})" in err[1]
 
 
-@pytest.mark.parametrize("kind", ["dataset", "model", "metric"])
+@pytest.mark.parametrize("kind", ["dataset", "model", "metric", "schedule", "tracker"])
 def test_a_factory_that_is_not_callable_is_reported(kind, fake_dists, tmp_path, capsys):
     install_component(fake_dists, kind, "thing = 42\n")
     code, err = run(capsys, *KINDS[kind][2], "--output", str(tmp_path / "out"))

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from shrinkbench_core.config import ExperimentConfig, format_validation_error
 from shrinkbench_core.errors import ConfigError, UserError
+from shrinkbench_core.factories import factory_problem
 
 if TYPE_CHECKING:
     from shrinkbench_core.registry import Registry
@@ -44,7 +45,7 @@ def tracker_problems(config: ExperimentConfig, registry: Registry) -> list[str]:
         try:
             spec = registry.get("trackers", selection.name)
         except UserError as error:
-            problems.append(f"{field}: {str(error).splitlines()[0]}")
+            problems.append(f"{field}: {error}")  # every line: candidates, broken plugins
             continue
         if spec.qualified_name in seen:
             problems.append(f"{field}: '{selection.name}' is selected twice; list it once")
@@ -66,6 +67,8 @@ def tracker_problems(config: ExperimentConfig, registry: Registry) -> list[str]:
             problems.append(
                 f"trackers: '{spec.name}' needs the {packages} {noun}: pip install '{target}'"
             )
+        elif problem := factory_problem(spec):  # the tracker's module imports, before a run
+            problems.append(f"{field}: {problem}")
     return problems
 
 
