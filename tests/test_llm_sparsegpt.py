@@ -51,7 +51,9 @@ def dense_obs_reference(weight, hessian, prune_count, nm, blocksize, percdamp):
 def _layer(rows=6, cols=16, tokens=64, seed=0):
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(rows, cols, generator=generator)
-    x = torch.randn(tokens, cols, generator=generator) @ torch.randn(cols, cols, generator=generator)
+    x = torch.randn(tokens, cols, generator=generator) @ torch.randn(
+        cols, cols, generator=generator
+    )
     return weight, x, x.t() @ x / tokens
 
 
