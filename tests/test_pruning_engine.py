@@ -446,8 +446,9 @@ def test_channel_strategies_count_what_completion_removes(strategy):
         assert plan is not None and len(plan.groups) > 3
         largest = max(
             plan.nonzero - total / plan.compression_without([channel])
-            for ranked in plan.groups
-            for _, channel in ranked
+            for units in plan.groups
+            for unit in units
+            for channel in unit.channels
         )
         masks = pruner.compute_masks()
         assert set(masks) <= set(pruner.prunable)

@@ -23,6 +23,7 @@ import torch
 
 from shrinkbench_core.errors import CompressionError, UserError
 from shrinkbench_core.pruning import LayerStrategy, Masks, Strategy
+from shrinkbench_core.pruning.channels.selection import Unit, removal_units
 from shrinkbench_core.pruning.structured import (
     ChannelAnalysis,
     ChannelGroup,
@@ -31,7 +32,7 @@ from shrinkbench_core.pruning.structured import (
     channel_norms,
     mask_channels,
 )
-from shrinkbench_strategies.params import ChannelParameters
+from shrinkbench_strategies.params import ChannelParameters, ChannelTaylorParameters
 
 
 def channel_scores(weight: torch.Tensor, norm: str) -> torch.Tensor:
@@ -48,46 +49,40 @@ def channel_masks(weight: torch.Tensor, kept_channels: torch.Tensor) -> torch.Te
     return kept_channels.reshape(shape).expand_as(weight).clone()
 
 
-class TiedChannels:
-    """The prunable tied channels of a strategy's model, scored, with exact accounting.
+Scorer = Callable[[ChannelGroup], Sequence[float]]
+"""Score of every tied channel of a group (higher = more important)."""
 
-    ``groups[g]`` lists the removable channels of one tied group whose producers
-    are all prunable, lowest score first; a group with nothing else left keeps
-    its best channel.
+
+class TiedChannels:
+    """The prunable tied channels of a strategy's model, as scored removal units, with
+    exact accounting.
+
+    ``groups[g]`` lists the removal units (:func:`removal_units`: single tied
+    channels, or bundles keeping a grouped convolution balanced) of one tied group
+    whose producers are all prunable, lowest score first; a group with nothing else
+    left keeps its best unit.
     """
 
-    def __init__(self, strategy: Strategy, analysis: ChannelAnalysis, norm: str) -> None:
+    _STEPS = 1000  # resolution of the shared fraction of the uniform selection
+
+    def __init__(self, strategy: Strategy, analysis: ChannelAnalysis, scorer: Scorer) -> None:
         self.strategy = strategy
         self.analysis = analysis
-        self.power = 1.0 if norm == "l1" else 2.0
         params = dict(strategy.model.named_parameters())
         self.total = sum(p.numel() for p in params.values())
         self.alive = {name: p.detach() != 0 for name, p in params.items()}
         self.nonzero = sum(int(mask.sum()) for mask in self.alive.values())
         prunable = set(strategy.prunable)
-        self.groups: list[list[tuple[float, TiedChannel]]] = []
+        self.groups: list[list[Unit]] = []
         for group in analysis.groups():
             candidates = [
                 i for i in group.removable if set(group.channels[i].producers) <= prunable
             ]
             if not candidates:
                 continue
-            scores = self._scores(group, params)
-            ranked = sorted(candidates, key=lambda i: (scores[i], i))
-            if len(candidates) == group.size:
-                ranked = ranked[:-1]  # the group keeps its best channel
-            self.groups.append([(scores[i], group.channels[i]) for i in ranked])
-
-    def _scores(self, group: ChannelGroup, params: dict[str, torch.Tensor]) -> list[float]:
-        norms = channel_norms(self.strategy.model, group, self.power)
-        sizes = [
-            sum(len(rows) * params[name][0].numel() for name, rows in channel.producers.items())
-            for channel in group.channels
-        ]
-        return [
-            float(norm) / max(size, 1) ** (1.0 / self.power)
-            for norm, size in zip(norms.tolist(), sizes, strict=True)
-        ]
+            units = removal_units(group, scorer(group), candidates)
+            if units:
+                self.groups.append(units)
 
     def compression_without(self, channels: Sequence[TiedChannel]) -> float:
         """All parameters / nonzero ones once ``channels`` and all they feed are removed."""
@@ -129,9 +124,62 @@ class TiedChannels:
                 low = middle + 1
         return channels_for(high)
 
+    def global_order(self) -> list[TiedChannel]:
+        """Channels of the fewest lowest-scored units across all groups reaching the target."""
+        order = sorted(
+            (unit.score, g, rank, unit)
+            for g, units in enumerate(self.groups)
+            for rank, unit in enumerate(units)
+        )
+        units = [entry[3] for entry in order]
+        return self.fewest_reaching(
+            len(units), lambda k: [c for unit in units[:k] for c in unit.channels]
+        )
 
-def tied_channels(strategy: Strategy, norm: str) -> TiedChannels | None:
-    """The tied channels of ``strategy``'s model, or None when it cannot be traced."""
+    def uniform(self) -> list[TiedChannel]:
+        """The same share of every group's units (lowest first), the smallest share reaching
+        the target (Torch-Pruning's ``pruning_ratio`` at equal compression)."""
+        sizes = [len(units) for units in self.groups]
+
+        def channels_for(step: int) -> list[TiedChannel]:
+            share = step / self._STEPS
+            return [
+                channel
+                for units, size in zip(self.groups, sizes, strict=True)
+                for unit in units[: round(share * size)]
+                for channel in unit.channels
+            ]
+
+        return self.fewest_reaching(self._STEPS, channels_for)
+
+
+def norm_scorer(model: torch.nn.Module, norm: str) -> Scorer:
+    """Size-normalized L1 or L2 norm of each tied channel over its producer rows."""
+    power = 1.0 if norm == "l1" else 2.0
+    params = dict(model.named_parameters())
+
+    def score(group: ChannelGroup) -> list[float]:
+        norms = channel_norms(model, group, power)
+        sizes = [
+            sum(len(rows) * params[name][0].numel() for name, rows in channel.producers.items())
+            for channel in group.channels
+        ]
+        return [
+            float(value) / max(size, 1) ** (1.0 / power)
+            for value, size in zip(norms.tolist(), sizes, strict=True)
+        ]
+
+    return score
+
+
+def tied_channels(
+    strategy: Strategy, scorer: str | Callable[[ChannelAnalysis], Scorer]
+) -> TiedChannels | None:
+    """The tied channels of ``strategy``'s model scored by ``scorer(analysis)`` (or by the
+    ``"l1"``/``"l2"`` norm), or None when it cannot be traced (or has nothing prunable)."""
+    if isinstance(scorer, str):
+        norm = scorer
+        scorer = lambda _: norm_scorer(strategy.model, norm)  # noqa: E731
     if strategy.input_shape is None:
         return None
     first = next(strategy.model.parameters(), None)
@@ -141,7 +189,7 @@ def tied_channels(strategy: Strategy, norm: str) -> TiedChannels | None:
         analysis = analyze_channels(strategy.model, example)
     except (UserError, RuntimeError, TypeError, ValueError):
         return None
-    plan = TiedChannels(strategy, analysis, norm)
+    plan = TiedChannels(strategy, analysis, scorer(analysis))
     return plan if plan.groups else None
 
 
@@ -151,64 +199,52 @@ class GlobalChannelNorm(Strategy):
     Parameters = ChannelParameters
 
     def model_masks(self) -> Masks:
-        plan = tied_channels(self, self.options.norm)
+        plan = tied_channels(self, lambda _: norm_scorer(self.model, self.options.norm))
         if plan is None:
             return self._layer_channel_masks()
-        order = sorted(
-            (score, g, rank, channel)
-            for g, ranked in enumerate(plan.groups)
-            for rank, (score, channel) in enumerate(ranked)
-        )
-        channels = [entry[3] for entry in order]
-        return plan.masks(plan.fewest_reaching(len(channels), lambda k: channels[:k]))
+        return plan.masks(plan.uniform() if self.options.uniform else plan.global_order())
 
     def _layer_channel_masks(self) -> Masks:
         """Untraceable models: each layer's own output channels, counting only their rows."""
-        params = self.params()
-        entries = []  # (score, channel size, layer, channel index)
-        for name, p in params.items():
-            scores = channel_scores(p, self.options.norm)
-            size = p[0].numel()
-            best = int(torch.argmax(scores))
-            for index, score in enumerate(scores.tolist()):
-                forced = index == best  # every layer keeps at least one channel
-                entries.append((float("inf") if forced else score, size, name, index))
-        entries.sort(key=lambda e: (-e[0], list(params).index(e[2]), e[3]))
-        kept = {name: torch.zeros(p.shape[0], dtype=torch.bool) for name, p in params.items()}
-        budget = self.keep - sum(size for score, size, _, _ in entries if score == float("inf"))
-        for score, size, name, index in entries:
-            if score == float("inf"):
-                kept[name][index] = True
-            elif size <= budget:
-                kept[name][index] = True
-                budget -= size
-            else:
-                break
-        return {name: channel_masks(p, kept[name].to(p.device)) for name, p in params.items()}
+        scores = {n: channel_scores(p, self.options.norm) for n, p in self.params().items()}
+        return per_layer_channel_masks(self, scores)
+
+
+def per_layer_channel_masks(strategy: Strategy, scores: dict[str, torch.Tensor]) -> Masks:
+    """Keep the highest-scored output channels of each prunable parameter, across layers,
+    within the strategy's budget (only their rows counted); every layer keeps its best."""
+    params = strategy.params()
+    entries = []  # (score, channel size, layer, channel index)
+    for name, p in params.items():
+        size = p[0].numel()
+        best = int(torch.argmax(scores[name]))
+        for index, score in enumerate(scores[name].tolist()):
+            forced = index == best  # every layer keeps at least one channel
+            entries.append((float("inf") if forced else score, size, name, index))
+    entries.sort(key=lambda e: (-e[0], list(params).index(e[2]), e[3]))
+    kept = {name: torch.zeros(p.shape[0], dtype=torch.bool) for name, p in params.items()}
+    budget = strategy.keep - sum(size for score, size, _, _ in entries if score == float("inf"))
+    for score, size, name, index in entries:
+        if score == float("inf"):
+            kept[name][index] = True
+        elif size <= budget:
+            kept[name][index] = True
+            budget -= size
+        else:
+            break
+    return {name: channel_masks(p, kept[name].to(p.device)) for name, p in params.items()}
 
 
 class LayerChannelNorm(LayerStrategy):
-    """Remove the same fraction of lowest-norm output channels in every layer."""
+    """Remove the same fraction of lowest-norm output channels in every layer (tied group)."""
 
     Parameters = ChannelParameters
 
-    _STEPS = 1000  # resolution of the shared fraction
-
     def model_masks(self) -> Masks:
-        plan = tied_channels(self, self.options.norm)
+        plan = tied_channels(self, lambda _: norm_scorer(self.model, self.options.norm))
         if plan is None:
             return super().model_masks()
-        sizes = [len(ranked) for ranked in plan.groups]
-
-        def channels_for(step: int) -> list[TiedChannel]:
-            share = step / self._STEPS
-            return [
-                channel
-                for ranked, size in zip(plan.groups, sizes, strict=True)
-                for _, channel in ranked[: round(share * size)]
-            ]
-
-        return plan.masks(plan.fewest_reaching(self._STEPS, channels_for))
+        return plan.masks(plan.uniform())
 
     def layer_masks(self, module_name, module) -> Masks:
         masks: Masks = {}
@@ -221,3 +257,73 @@ class LayerChannelNorm(LayerStrategy):
             kept[order] = True
             masks[name] = channel_masks(p, kept)
         return masks
+
+
+class ChannelTaylor(Strategy):
+    """Remove the tied channels with the lowest first-order Taylor importance (Molchanov
+    et al. 2019): per calibration batch ``b``, ``(sum of g_b * w over the channel's producer
+    rows and attached entries)^2``, averaged over batches; ranked across all groups (or the
+    same share of every group with ``uniform``). Untraceable models: per-layer output
+    channels, scored the same way over their rows."""
+
+    Parameters = ChannelTaylorParameters
+
+    def model_masks(self) -> Masks:
+        batches = self._require_data()
+        plan = tied_channels(self, lambda analysis: self._scorer(analysis, batches))
+        if plan is None:
+            return self._layer_masks(batches)
+        return plan.masks(plan.uniform() if self.options.uniform else plan.global_order())
+
+    def _scorer(self, analysis: ChannelAnalysis, batches) -> Scorer:
+        names = sorted(
+            {
+                name
+                for group in analysis.groups()
+                for channel in group.channels
+                for name in (*channel.producers, *channel.attached)
+            }
+        )
+        row_sums = _row_products(self.model, names, batches)
+
+        def score(group: ChannelGroup) -> list[float]:
+            scores = []
+            for channel in group.channels:
+                total = 0.0
+                for sums in row_sums:
+                    value = sum(
+                        float(sums[name][list(rows)].sum())
+                        for name, rows in (*channel.producers.items(), *channel.attached.items())
+                        if name in sums
+                    )
+                    total += value * value
+                scores.append(total / max(len(row_sums), 1))
+            return scores
+
+        return score
+
+    def _layer_masks(self, batches) -> Masks:
+        """Untraceable models: per-layer output channels, Taylor-scored over their rows."""
+        params = self.params()
+        row_sums = _row_products(self.model, list(params), batches)
+        scores = {
+            name: sum(sums[name].pow(2) for sums in row_sums) / len(row_sums) for name in params
+        }
+        return per_layer_channel_masks(self, scores)
+
+
+def _row_products(model: torch.nn.Module, names: Sequence[str], batches) -> list[dict]:
+    """Per batch, for each named parameter, the sum of ``g * w`` over each dim-0 row."""
+    from shrinkbench_strategies.taylor import per_batch_gradients
+
+    params = dict(model.named_parameters())
+    out = []
+    for grads in per_batch_gradients(model, list(names), batches):
+        out.append(
+            {
+                name: (grads[name] * params[name].detach()).reshape(params[name].shape[0], -1)
+                .sum(1).double().cpu()
+                for name in names
+            }
+        )  # fmt: skip
+    return out

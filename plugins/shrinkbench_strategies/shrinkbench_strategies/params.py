@@ -13,6 +13,22 @@ class ChannelParameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     norm: Literal["l1", "l2"] = Field("l1", description="Norm scoring each output channel.")
+    uniform: bool = Field(
+        False,
+        description="Remove the same share of every tied channel group (as Torch-Pruning's "
+        "pruning_ratio) instead of ranking channels across groups; LayerChannelNorm always does.",
+    )
+
+
+class ChannelTaylorParameters(BaseModel):
+    """Options of the first-order Taylor channel importance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uniform: bool = Field(
+        False,
+        description="Remove the same share of every tied channel group (see GlobalChannelNorm).",
+    )
 
 
 _BN_MODE = Field(

@@ -9,6 +9,7 @@ HAN_2015 = "Han et al. 2015, Learning both Weights and Connections for Efficient
 MOLCHANOV_2017 = (
     "Molchanov et al. 2017, Pruning Convolutional Neural Networks for Resource Efficient Inference"
 )
+MOLCHANOV_2019 = "Molchanov et al. 2019, Importance Estimation for Neural Network Pruning"
 LI_2017 = "Li et al. 2017, Pruning Filters for Efficient ConvNets"
 BLALOCK_2020 = "Blalock et al. 2020, What is the State of Neural Network Pruning?"
 
@@ -26,6 +27,7 @@ def strategy_specs() -> list[StrategySpec]:
     from shrinkbench_strategies.advanced_specs import advanced_strategy_specs
     from shrinkbench_strategies.params import (
         ChannelParameters,
+        ChannelTaylorParameters,
         MagActParameters,
         MagGradParameters,
     )
@@ -107,6 +109,17 @@ def strategy_specs() -> list[StrategySpec]:
             structure="channel",
             parameters=ChannelParameters,
             reference=LI_2017,
+        ),
+        _spec(
+            "ChannelTaylor",
+            "channel",
+            "Whole tied channels with the lowest first-order Taylor importance (calibration data)",
+            "global",
+            needs_data=True,
+            needs_gradients=True,
+            structure="channel",
+            parameters=ChannelTaylorParameters,
+            reference=MOLCHANOV_2019,
         ),
         *advanced_strategy_specs(),
     ]
