@@ -152,3 +152,27 @@ def shrinkbench_register_trackers() -> list:
     ``pip install`` extra that provides them, so a missing library is reported before
     anything runs.
     """
+
+
+@hookspec
+def shrinkbench_register_schedules() -> list:
+    """Register pruning schedules: when, and how often, a model's masks change.
+
+    Called once, when the registry is first built. Return a list of
+    :class:`shrinkbench_core.specs.ScheduleSpec` (or dicts with the same fields). A
+    schedule is selected with ``schedule.kind = NAME`` in the experiment config and takes
+    its own options from ``schedule.params`` (validated against the spec's ``parameters``
+    model; the built-in ``oneshot``, ``iterative`` and ``gradual`` keep their settings as
+    fields of the ``schedule`` section). ``factory`` names a subclass of
+    :class:`shrinkbench_core.experiment.schedule_api.Schedule`, built as
+    ``factory(params, compression=target)`` and imported only when a run uses it.
+
+    The schedule drives the run through a
+    :class:`shrinkbench_core.experiment.schedule_api.ScheduleSession`: it can prune the
+    model to a compression with the run's strategy, train epochs with masks held, rewind
+    surviving weights, swap the held masks, and announce each mask change (the
+    ``shrinkbench_pruning_step`` event). A schedule acts before fine-tuning
+    (:meth:`Schedule.prune`), during it after every optimizer step
+    (:meth:`Schedule.training_callback`), or both; set ``during_training`` on the spec when
+    the masks change while the model trains (gradual pruning, sparse training).
+    """

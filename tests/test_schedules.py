@@ -80,7 +80,11 @@ def test_schedule_config_validates_fields_per_kind_and_round_trips():
     with pytest.raises(ValidationError, match="before `start_step`"):
         ScheduleConfig(kind="gradual", start_step=10, end_step=5)
     with pytest.raises(ValidationError, match="kind"):
-        ScheduleConfig(kind="cyclic")
+        ScheduleConfig(kind="two words")
+    # any other name is a plugin's schedule, checked against the registry at resolve time
+    assert ScheduleConfig(kind="cyclic", params={"every": 2}).label() == "cyclic"
+    with pytest.raises(ValidationError, match="`params` applies only to plugin schedules"):
+        ScheduleConfig(kind="iterative", params={"every": 2})
 
 
 def test_gradual_schedule_resolves_its_end_step():

@@ -36,3 +36,18 @@ def shrinkbench_register_trackers() -> list:
     from shrinkbench_core.builtin.trackers import tracker_specs
 
     return tracker_specs()
+
+
+@hookimpl
+def shrinkbench_register_schedules() -> list:
+    """Register the ``oneshot``, ``iterative`` and ``gradual`` schedules."""
+    from shrinkbench_core.builtin.schedule_specs import schedule_specs
+
+    return schedule_specs()
+
+
+# logs.csv is written by the built-in plugin, from the lifecycle events
+from shrinkbench_core.builtin.logs import (  # noqa: E402, F401
+    shrinkbench_epoch_end,
+    shrinkbench_run_start,
+)

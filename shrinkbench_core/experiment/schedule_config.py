@@ -8,11 +8,13 @@ torch); the logic that runs a schedule is in
 * ``iterative``: ``rounds`` rounds of prune -> train reaching the target
   geometrically, optionally rewinding the surviving weights (lottery ticket).
 * ``gradual``: pruning during fine-tuning on the cubic schedule of Zhu & Gupta (AGP).
+* any other name: a schedule registered by a plugin (``shrinkbench list schedules``), with
+  its own options in ``params`` (checked against the registry when the run is resolved).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,6 +22,7 @@ from shrinkbench_core.errors import ConfigError
 
 ITERATIVE_FIELDS = ("rounds", "epochs_per_round", "rewind", "rewind_point")
 GRADUAL_FIELDS = ("start_step", "end_step", "frequency", "initial_sparsity")
+BUILTIN_KINDS = ("oneshot", "iterative", "gradual")
 
 
 class ScheduleConfig(BaseModel):
@@ -27,8 +30,16 @@ class ScheduleConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["oneshot", "iterative", "gradual"] = Field(
-        "oneshot", description="oneshot (prune once), iterative (rounds), gradual (AGP)."
+    kind: str = Field(
+        "oneshot",
+        pattern=r"^[A-Za-z][A-Za-z0-9_.:\-]*$",
+        description="oneshot (prune once), iterative (rounds), gradual (AGP), or a schedule "
+        "registered by a plugin (`shrinkbench list schedules`).",
+    )
+    params: dict[str, Any] | None = Field(
+        None,
+        description="Options of a plugin's schedule (the built-in kinds take theirs as the "
+        "fields below).",
     )
     # iterative
     rounds: int = Field(3, ge=1, description="iterative: prune -> train rounds.")
@@ -68,12 +79,17 @@ class ScheduleConfig(BaseModel):
             "oneshot": ITERATIVE_FIELDS + GRADUAL_FIELDS,
             "iterative": GRADUAL_FIELDS,
             "gradual": ITERATIVE_FIELDS,
-        }[self.kind]
+        }.get(self.kind, ITERATIVE_FIELDS + GRADUAL_FIELDS)
         defaults = ScheduleConfig.model_fields
         for name in foreign:
             if getattr(self, name) != defaults[name].default:
                 owner = "iterative" if name in ITERATIVE_FIELDS else "gradual"
                 problems.append(f"`{name}` applies only to kind='{owner}', not '{self.kind}'")
+        if self.kind in BUILTIN_KINDS and self.params:
+            problems.append(
+                f"`params` applies only to plugin schedules; kind '{self.kind}' takes its "
+                "settings as schedule fields (e.g. schedule.rounds=5)"
+            )
         if self.rewind in ("none", "init") and self.rewind_point:
             problems.append(
                 f"`rewind_point` needs rewind='epoch' or 'iteration', not '{self.rewind}'"
@@ -95,7 +111,22 @@ class ScheduleConfig(BaseModel):
         if self.kind == "gradual":
             end = "end" if self.end_step is None else str(self.end_step)
             return f"gradual-{self.start_step}-{end}-f{self.frequency}"
-        return "oneshot"
+        return self.kind.replace(":", "-")
+
+    @property
+    def builtin(self) -> bool:
+        """Whether this is one of the core's own kinds (oneshot, iterative, gradual)."""
+        return self.kind in BUILTIN_KINDS
+
+    def settings(self) -> dict[str, Any]:
+        """The kind's own options: its fields for a built-in kind, else ``params``."""
+        if self.kind == "iterative":
+            return self.model_dump(mode="json", include=set(ITERATIVE_FIELDS))
+        if self.kind == "gradual":
+            return self.model_dump(mode="json", include=set(GRADUAL_FIELDS))
+        if self.kind == "oneshot":
+            return {}
+        return dict(self.params or {})
 
     def resolved(self, total_steps: int) -> ScheduleConfig:
         """For ``gradual``: ``end_step`` filled with ``total_steps`` and checked to fit in it."""

@@ -1,8 +1,22 @@
-"""Training loops, optimizers and schedules shared by dense training and fine-tuning."""
+"""The one training loop of the runner, its optimizers and learning-rate schedules.
+
+Dense training, the training between iterative pruning rounds and fine-tuning all run
+:func:`train_epochs`; what differs between them (validation, checkpoints, rewind
+recording, pruning during training, events) is passed in as callbacks, so the loop reads
+top to bottom.
+
+Model outputs may be class scores ``(N, C)`` with labels ``(N,)``, or sequence scores
+``(N, ..., C)`` with labels ``(N, ...)`` (a language model's ``(N, T, vocab)`` logits):
+the leading dimensions are flattened, so loss and accuracy are per token. Labels equal to
+``-100`` (padding, as in Hugging Face) are left out of both.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,6 +24,8 @@ from torch.utils.data import DataLoader
 
 from shrinkbench_core.config import OptimizerConfig, TrainingConfig
 from shrinkbench_core.experiment.progress import progress
+
+IGNORE_INDEX = -100
 
 
 def make_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
@@ -38,6 +54,39 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
 
 
+def scores_and_labels(outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class scores ``(M, C)`` and labels ``(M,)``: leading dimensions flattened.
+
+    ``outputs`` is a tensor, a tuple whose first item is one, or an object with
+    ``.logits``; ``(N, C)`` with ``(N,)`` and ``(N, T, C)`` with ``(N, T)`` both work.
+    """
+    from shrinkbench_core.metrics.accuracy import logits_of
+
+    scores = logits_of(outputs)
+    if scores.dim() != targets.dim() + 1 or scores.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"model outputs of shape {tuple(scores.shape)} do not fit labels of shape "
+            f"{tuple(targets.shape)}: expected (N, ..., classes) scores for (N, ...) labels"
+        )
+    return scores.reshape(-1, scores.shape[-1]), targets.reshape(-1)
+
+
+@dataclass
+class TrainingStep:
+    """What a per-step callback sees, right after ``optimizer.step()``.
+
+    ``global_step`` counts the optimizer steps of the training stage (1 after the first,
+    continuing across epochs and resumed segments). Every parameter's ``.grad`` still holds
+    this step's dense gradient (pruned entries included) until the next step begins.
+    """
+
+    global_step: int
+    epoch: int  # 0-based epoch of the stage
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: torch.Tensor  # the step's loss, detached (reading it waits for the device)
+
+
 def train_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -45,28 +94,89 @@ def train_epoch(
     device: torch.device,
     description: str = "train",
     quiet: bool = False,
-    on_step: Callable[[], None] | None = None,
+    on_step: Callable[[torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns exact mean loss and top-1 over all examples.
+    """One pass over ``loader``; returns exact mean loss and top-1 over all examples (tokens).
 
-    ``on_step`` is called right after every ``optimizer.step()`` (e.g. to record
-    weights for rewinding or to prune gradually).
+    ``on_step(loss)`` is called right after every ``optimizer.step()`` with the step's
+    detached loss (e.g. to record weights for rewinding or to change the masks).
     """
     model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = torch.zeros((), dtype=torch.int64, device=device)
     for inputs, targets in progress(loader, description, quiet):
         inputs, targets = inputs.to(device), targets.to(device)
         optimizer.zero_grad(set_to_none=True)
-        outputs = model(inputs)
-        loss = nn.functional.cross_entropy(outputs, targets)
+        scores, labels = scores_and_labels(model(inputs), targets)
+        loss = nn.functional.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX)
         loss.backward()
         optimizer.step()
+        loss = loss.detach()
         if on_step is not None:
-            on_step()
-        loss_sum += loss.item() * len(targets)
-        correct += int((outputs.argmax(1) == targets).sum())
-        seen += len(targets)
-    return {"train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1)}
+            on_step(loss)
+        counted = labels != IGNORE_INDEX
+        loss_sum += loss.double() * counted.sum()
+        correct += ((scores.detach().argmax(-1) == labels) & counted).sum()
+        seen += counted.sum()
+    total = max(int(seen), 1)
+    return {"train_loss": float(loss_sum) / total, "train_top1": int(correct) / total}
+
+
+EpochEnd = Callable[[dict[str, Any], float], bool | None]
+
+
+def train_epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    epochs: int,
+    loader_for: Callable[[int], Iterable],
+    device: torch.device,
+    label: str,
+    quiet: bool = False,
+    start_epoch: int = 0,
+    start_step: int = 0,
+    on_step: Callable[[TrainingStep], None] | None = None,
+    on_epoch_end: EpochEnd | None = None,
+) -> list[dict[str, Any]]:
+    """Train epochs ``start_epoch .. epochs - 1``; return one row per epoch trained.
+
+    Each row is ``{"epoch", "lr", "train_loss", "train_top1"}``; ``on_epoch_end(row,
+    seconds)`` may add to it (validation), save checkpoints and announce it; returning
+    True stops after that epoch. ``loader_for(epoch)`` gives the epoch's (seeded) loader;
+    the learning-rate schedule steps once per epoch. ``start_step`` is the number of
+    optimizer steps already done (when resuming), so ``on_step`` sees a global count.
+    """
+    rows: list[dict[str, Any]] = []
+    step = start_step
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+
+        def after_step(loss: torch.Tensor, epoch: int = epoch) -> None:
+            nonlocal step
+            step += 1
+            if on_step is not None:
+                on_step(TrainingStep(step, epoch, model, optimizer, loss))
+
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        row.update(
+            train_epoch(
+                model,
+                loader_for(epoch),
+                optimizer,
+                device,
+                f"{label} {epoch + 1}/{epochs}",
+                quiet,
+                on_step=after_step,
+            )
+        )
+        scheduler.step()
+        rows.append(row)
+        if on_epoch_end is not None and on_epoch_end(row, time.perf_counter() - started):
+            break
+    return rows
 
 
 def seeded_loader(dataset, batch_size: int, workers: int, seed: int, shuffle: bool) -> DataLoader:
