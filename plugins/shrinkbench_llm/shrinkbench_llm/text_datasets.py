@@ -136,7 +136,7 @@ def build_wikitext2(params: HubTextParameters, *, seed: int = 0) -> DataSplits:
         split: "\n\n".join(_split_documents(root, split))
         for split in ("train", "validation", "test")
     }
-    tokenizer = make_tokenizer(params.tokenizer, texts["train"], params.download)
+    tokenizer = make_tokenizer(params.tokenizer, "".join(texts.values()), params.download)
     return make_splits(
         texts,
         params,
@@ -157,7 +157,7 @@ def build_c4(params: HubTextParameters, *, seed: int = 0) -> DataSplits:
     }
     if len(val_docs) > count:
         texts["validation"] = " ".join(val_docs[count : 2 * count])
-    tokenizer = make_tokenizer(params.tokenizer, texts["train"], params.download)
+    tokenizer = make_tokenizer(params.tokenizer, "".join(texts.values()), params.download)
     splits = make_splits(texts, params, tokenizer, {"source": f"{C4_REPO} en", "root": str(root)})
     test = splits.test
     limit = C4_TEST_WINDOWS * params.seqlen + 1
@@ -181,8 +181,5 @@ def build_text_files(params: TextFilesParameters, *, seed: int = 0) -> DataSplit
         if files:
             docs = [doc for f in files for doc in read_texts(f, params.text_field)]
             texts[split] = "\n\n".join(docs)
-    tokenizer = make_tokenizer(params.tokenizer, texts["train"])
-    if params.tokenizer == "char":
-        corpus = "".join(texts.values())
-        tokenizer = make_tokenizer("char", corpus)  # every split's characters get an id
+    tokenizer = make_tokenizer(params.tokenizer, "".join(texts.values()))
     return make_splits(texts, params, tokenizer, {"source": "local files"})

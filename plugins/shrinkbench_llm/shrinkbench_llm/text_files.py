@@ -17,6 +17,7 @@ TEXT_SUFFIXES = (".txt",)
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 TABLE_SUFFIXES = (".parquet", ".arrow")
 SUFFIXES = TEXT_SUFFIXES + JSON_SUFFIXES + TABLE_SUFFIXES
+METADATA_FILES = {"dataset_info.json", "state.json", "dataset_dict.json"}  # save_to_disk's
 SPLIT_ALIASES = {
     "train": ("train",),
     "validation": ("validation", "valid", "val"),
@@ -80,7 +81,7 @@ def split_files(root: Path, split: str) -> list[Path]:
     aliases = SPLIT_ALIASES[split]
     found = []
     for path in sorted(root.rglob("*")):
-        if not path.is_file() or not _suffix(path):
+        if not path.is_file() or not _suffix(path) or path.name in METADATA_FILES:
             continue
         words = path.relative_to(root).as_posix().lower().replace("-", "/").replace("_", "/")
         words = words.replace(".", "/").split("/")

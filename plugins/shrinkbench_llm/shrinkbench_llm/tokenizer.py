@@ -36,7 +36,7 @@ class CharTokenizer:
         except KeyError as error:
             raise UserError(
                 f"character {error.args[0]!r} is not in the character vocabulary of "
-                f"{self.vocab_size} characters built from the training text"
+                f"{self.vocab_size} characters built from the corpus"
             ) from None
 
     def decode(self, ids: list[int]) -> str:
