@@ -204,7 +204,8 @@ def test_dense_and_pruned_are_timed_interleaved_with_measured_speedup():
     assert result["measured_speedup"] == pytest.approx(
         result["dense_median_ms"] / result["median_ms"]
     )
-    assert [call[0] for call in log] == ["dense", "pruned"] * 2
+    calls = [call[0] for call in log]  # more rounds when the ratio was too spread
+    assert calls == ["dense", "pruned"] * (len(calls) // 2) and len(calls) >= 4
 
 
 # -- memory ------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def stage(top1: float, top5: float, compression: float = 1.0, speedup: float = 1
         "accuracy": {"test_top1": top1, "test_top5": top5, "validation_top1": top1 + 0.01},
     }
     if latency_ms is not None:
-        out["latency"] = {"median_ms": latency_ms}
+        out["latency"] = {"median_ms": latency_ms, "batch_size": 8}
     return out
 
 
@@ -78,6 +78,10 @@ def write_run(
         "finetuned": stage(finetuned, 0.95, compression * 1.001, compression * 1.2, 0.4),
         "epochs": 3,
     }
+    # the fine-tuned model timed in turns with the dense one (the dense stage's 0.5 ms alone)
+    metrics["finetuned"]["latency"].update(
+        dense_median_ms=0.6, measured_speedup=1.5, measured_speedup_reliable=True
+    )
     if bestval is not None:
         metrics["best_validation"] = {"epoch": 2, "accuracy": {"test_top1": bestval,
                                                                "test_top5": 0.97}}
@@ -115,7 +119,9 @@ def test_one_row_per_run_with_every_column(study):
     assert row["pruned_top1"] == pytest.approx(0.32)
     assert row["compression_achieved"] == pytest.approx(8.008)
     assert row["theoretical_speedup"] == pytest.approx(9.6)
-    assert row["latency_ms"] == 0.4 and row["dense_latency_ms"] == 0.5
+    # both latencies and their ratio from the same paired timing, not the dense stage's 0.5 ms
+    assert row["latency_ms"] == 0.4 and row["dense_latency_ms"] == 0.6
+    assert row["measured_speedup"] == 1.5 and row["latency_batch_size"] == 8
     assert row["model_params"] == "hidden_sizes=[64,64]"  # unset (None) parameters left out
     assert Path(row["path"]).is_dir()
     failed = table[table["status"] == "failed"].iloc[0]
@@ -172,7 +178,10 @@ def test_results_formats(study, capsys):
     assert main(["results", str(study), "--format", "markdown"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| dataset | model | strategy |") and lines[1].startswith("|---|")
-    assert len(lines) == 12 and all(line.count(" | ") == len(COLUMNS) - 1 for line in lines[2:])
+    table, failed = lines[:11], lines[11:]  # the failed run is listed apart, with its error
+    assert all(line.count(" | ") == len(COLUMNS) - 1 for line in table[2:])
+    assert failed[0] == "" and failed[1] == "failed runs (1):"
+    assert "largest reachable compression is 40" in failed[2]
 
     assert main(["results", str(study), "--status", "complete"]) == 0
     table = capsys.readouterr().out.splitlines()

@@ -12,6 +12,14 @@ so that each pass does not fault its activations' pages in anew.
 A pruned model keeps its dense shapes (zeros are stored and multiplied), so its
 latency is expected to equal the dense model's: :func:`compare_latency` times
 both, interleaved, and reports the measured speedup next to the theoretical one.
+
+A measured speedup comes with its spread: the interleaving pairs the dense and
+pruned pass of each round, and the quartiles of the per-round ratios
+(``measured_speedup_q1``/``_q3``) say how well the measurement supports its
+median ratio. When the interquartile range exceeds :data:`MAX_RATIO_SPREAD` of
+the ratio, the metric measures again with four times the repeats while that
+stays cheap (under :data:`CHEAP_SECONDS` in all), and marks a ratio that is
+still that spread ``measured_speedup_reliable: false``.
 """
 
 from __future__ import annotations
@@ -29,6 +37,13 @@ from torch import nn
 from shrinkbench_core.builtin.metrics import LatencyParameters
 from shrinkbench_core.metrics import MetricContext
 from shrinkbench_core.metrics.allocator import retain_freed_memory
+
+#: Largest (q3 - q1) / median of the per-round dense/pruned ratios that supports a ratio.
+MAX_RATIO_SPREAD = 0.2
+#: Seconds of timing under which a too-spread comparison is repeated with more passes.
+CHEAP_SECONDS = 5.0
+#: Most measurements of one comparison (each with four times the repeats of the last).
+MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -187,6 +202,7 @@ def compare_latency(
     example_batch: torch.Tensor,
     warmup: int = 5,
     repeats: int = 20,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[LatencyReport, LatencyReport]:
     """Time ``dense`` and ``pruned`` alternately on the same batch: ``(dense, pruned)``.
 
@@ -194,9 +210,60 @@ def compare_latency(
     Measured speedup = ``dense.median_ms / pruned.median_ms``.
     """
     dense_times, pruned_times = interleaved_times(
-        [dense, pruned], (example_batch,), warmup, repeats
+        [dense, pruned], (example_batch,), warmup, repeats, clock
     )
     return _report(dense_times, example_batch, warmup), _report(pruned_times, example_batch, warmup)
+
+
+def paired_speedup(dense: LatencyReport, pruned: LatencyReport) -> dict[str, Any]:
+    """Measured speedup of an interleaved measurement, with the spread of its round ratios.
+
+    Keys: ``measured_speedup`` (dense median / pruned median), ``dense_median_ms``,
+    ``dense_iqr_ms``, ``measured_speedup_q1`` / ``_q3`` (quartiles of the ratios
+    dense / pruned of each round), ``measured_speedup_spread`` ((q3 - q1) / median
+    ratio) and ``measured_speedup_reliable`` (spread <= :data:`MAX_RATIO_SPREAD`).
+    """
+    ratios = [d / p for d, p in zip(dense.times_ms, pruned.times_ms, strict=True) if p > 0]
+    if len(ratios) >= 2:
+        q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    else:
+        q1 = median = q3 = ratios[0] if ratios else float("nan")
+    spread = (q3 - q1) / median if median > 0 else float("inf")
+    return {
+        "dense_median_ms": dense.median_ms,
+        "dense_iqr_ms": dense.iqr_ms,
+        "measured_speedup": dense.median_ms / pruned.median_ms,
+        "measured_speedup_q1": q1,
+        "measured_speedup_q3": q3,
+        "measured_speedup_spread": spread,
+        "measured_speedup_reliable": bool(spread <= MAX_RATIO_SPREAD),
+    }
+
+
+def compare_until_supported(
+    dense_model: nn.Module,
+    model: nn.Module,
+    batch: torch.Tensor,
+    warmup: int,
+    repeats: int,
+    cheap_seconds: float = CHEAP_SECONDS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[LatencyReport, dict[str, Any]]:
+    """:func:`compare_latency`, again with 4x the repeats while the ratio is too spread and
+    the timing so far took under ``cheap_seconds``; the last measurement is reported whole
+    (``pruned`` report, and :func:`paired_speedup` with ``latency_attempts``)."""
+    spent, attempts = 0.0, 0
+    while True:
+        attempts += 1
+        start = clock()
+        dense, pruned = compare_latency(dense_model, model, batch, warmup, repeats, clock)
+        last = clock() - start
+        spent += last
+        paired = paired_speedup(dense, pruned)
+        cheap = spent + 4 * last < cheap_seconds  # the next attempt takes about 4x this one
+        if paired["measured_speedup_reliable"] or attempts >= MAX_ATTEMPTS or not cheap:
+            return pruned, {**paired, "latency_attempts": attempts}
+        repeats *= 4
 
 
 def compute(context: MetricContext, params: LatencyParameters) -> dict[str, Any]:
@@ -207,16 +274,15 @@ def compute(context: MetricContext, params: LatencyParameters) -> dict[str, Any]
     ``warmup``, ``repeats``, ``threads``, ``device``, ``device_name``, ``dtype``,
     ``freed_memory_kept`` (whether glibc kept freed memory in the process).
     When ``context.dense_model`` is given (a pruned stage), both models are timed
-    interleaved and ``dense_median_ms`` and ``measured_speedup`` are added.
+    interleaved and the keys of :func:`paired_speedup` are added: one paired
+    measurement gives ``median_ms``, ``dense_median_ms`` and ``measured_speedup``
+    (repeated with more passes when too spread and cheap, see the module docs).
     """
     batch = make_batch(context.example_input, params.batch_size or context.batch_size)
     dense_model = context.dense_model
     if dense_model is None or dense_model is context.model:
         return measure_latency(context.model, batch, params.warmup, params.repeats).as_dict()
-    dense, pruned = compare_latency(
+    pruned, paired = compare_until_supported(
         dense_model, context.model, batch, params.warmup, params.repeats
     )
-    result = pruned.as_dict()
-    result["dense_median_ms"] = dense.median_ms
-    result["measured_speedup"] = dense.median_ms / pruned.median_ms
-    return result
+    return {**pruned.as_dict(), **paired}

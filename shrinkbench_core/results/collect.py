@@ -8,6 +8,14 @@ Accuracy columns are on the test split: ``finetuned_*`` after the final
 fine-tuning epoch, and ``bestval_*`` of the epoch with the best validation
 accuracy (when the dataset has a validation split). The maximum over test
 epochs is never reported.
+
+Latency columns come from one paired measurement, that of the last pruned stage
+(fine-tuned, else pruned): ``latency_ms`` and ``dense_latency_ms`` are the
+medians of the pruned and the dense model timed in turns, per batch of
+``latency_batch_size``, and ``measured_speedup`` is their ratio
+(``measured_speedup_reliable`` is false when the timing was too spread to
+support it). ``structured_speedup`` is the measured speedup of the physically
+shrunk model (the ``structured`` metric), when measured.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ COLUMNS = (
     "compression",
     "compression_achieved",
     "theoretical_speedup",
+    "measured_speedup",
+    "measured_speedup_reliable",
+    "structured_speedup",
     "dense_top1",
     "dense_top5",
     "pruned_top1",
@@ -44,12 +55,20 @@ COLUMNS = (
     "bestval_top5",
     "dense_latency_ms",
     "latency_ms",
+    "latency_batch_size",
     "status",
     "error",
     "model_params",
     "dataset_params",
     "digest",
     "path",
+)
+#: Columns holding numbers (coerced; empty cells are NaN).
+NUMERIC = (
+    "compression", "compression_achieved", "theoretical_speedup", "measured_speedup",
+    "structured_speedup", "dense_top1", "dense_top5", "pruned_top1", "pruned_top5",
+    "finetuned_top1", "finetuned_top5", "bestval_top1", "bestval_top5", "dense_latency_ms",
+    "latency_ms",
 )
 SORT_BY = [
     "dataset", "model", "model_params", "strategy", "strategy_params", "schedule", "compression",
@@ -70,15 +89,21 @@ def find_run_dirs(root: str | Path) -> list[Path]:
 
 
 def load_results(root: str | Path) -> pd.DataFrame:
-    """The results table of every run under ``root``: one row per run, columns :data:`COLUMNS`."""
+    """The results table of every run under ``root``: one row per run, columns :data:`COLUMNS`.
+
+    Failed and unfinished runs are rows too (``status``, ``error``); with no runs
+    the frame is empty but has every column. For mean and standard deviation over
+    seeds, pass the frame to :func:`~shrinkbench_core.results.aggregate.aggregate_results`.
+    """
     import pandas as pd
 
     rows = [run_row(path) for path in find_run_dirs(root)]
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    for column in ("compression", "compression_achieved", "theoretical_speedup"):
+    for column in NUMERIC:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
-    frame["bestval_epoch"] = pd.to_numeric(frame["bestval_epoch"], errors="coerce").astype("Int64")
+    for column in ("bestval_epoch", "latency_batch_size"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     if frame.empty:
         return frame
     return frame.sort_values(SORT_BY, na_position="last", kind="stable").reset_index(drop=True)
@@ -114,8 +139,10 @@ def run_row(path: Path) -> dict[str, Any]:
             metrics.get("theoretical_speedup"), _get(finetuned, "flops", "theoretical_speedup")
         ),
         "bestval_epoch": best.get("epoch"),
-        "dense_latency_ms": latency_ms(_dict(metrics.get("dense"))),
-        "latency_ms": latency_ms(finetuned),
+        **paired_latency(metrics),
+        "structured_speedup": _first(
+            *(_get(_dict(metrics.get(s)), "structured", "shrunk_speedup") for s in LAST_FIRST)
+        ),
         "status": status,
         "error": status_file.get("error") if isinstance(status_file, dict) else None,
         "model_params": format_params(model.get("params")),
@@ -137,6 +164,35 @@ def test_accuracy(stage: dict[str, Any]) -> tuple[float | None, float | None]:
         _first(accuracy.get("test_top1"), accuracy.get("top1")),
         _first(accuracy.get("test_top5"), accuracy.get("top5")),
     )
+
+
+LAST_FIRST = ("finetuned", "pruned")
+
+
+def paired_latency(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Latency columns from the last stage timed in turns with the dense model.
+
+    Runs written before the pairing existed (no ``dense_median_ms``) give the
+    fine-tuned median and no dense latency or ratio, never a mix of stages.
+    """
+    for name in LAST_FIRST:
+        latency = _dict(_dict(metrics.get(name)).get("latency"))
+        if latency.get("dense_median_ms") is not None:
+            return {
+                "dense_latency_ms": latency["dense_median_ms"],
+                "latency_ms": latency_ms({"latency": latency}),
+                "measured_speedup": latency.get("measured_speedup"),
+                "measured_speedup_reliable": latency.get("measured_speedup_reliable"),
+                "latency_batch_size": latency.get("batch_size"),
+            }
+    finetuned = _dict(metrics.get("finetuned"))
+    return {
+        "dense_latency_ms": None,
+        "latency_ms": latency_ms(finetuned),
+        "measured_speedup": None,
+        "measured_speedup_reliable": None,
+        "latency_batch_size": _get(finetuned, "latency", "batch_size"),
+    }
 
 
 def latency_ms(stage: dict[str, Any]) -> float | None:

@@ -1,4 +1,11 @@
-"""Render a results table as text: a terminal table, CSV, Markdown or JSON."""
+"""Render a results table as text: a terminal table, CSV, Markdown or JSON.
+
+``csv`` and ``json`` carry the numbers as stored (fractions, ratios, ms), one
+record per row. ``table`` and ``markdown`` are for reading and for papers: they
+format cells as the run summary does (accuracy ``91.23%``, ratios ``8.01x``,
+latency ``0.46 ms``), show an aggregated cell as ``mean ± std``, and list failed
+runs with their error under the table instead of among the results.
+"""
 
 from __future__ import annotations
 
@@ -16,50 +23,160 @@ FORMATS = ("table", "csv", "markdown", "json")
 #: Columns of the compact terminal table (``--format table``).
 COMPACT = (
     "dataset", "model", "strategy", "strategy_params", "seed", "compression",
-    "compression_achieved", "theoretical_speedup", "dense_top1", "finetuned_top1",
-    "bestval_top1", "status",
+    "compression_achieved", "theoretical_speedup", "measured_speedup", "dense_top1",
+    "finetuned_top1", "bestval_top1", "status",
+)
+#: Columns of the compact aggregated table (``--aggregate``), before ``_mean``/``_std``.
+COMPACT_AGGREGATED = (
+    "dataset", "model", "strategy", "strategy_params", "schedule", "compression", "seeds",
+    "compression_achieved", "theoretical_speedup", "measured_speedup", "dense_top1",
+    "finetuned_top1", "bestval_top1",
 )
 HEADERS = {
     "strategy_params": "params",
     "compression": "requested",
     "compression_achieved": "achieved",
     "theoretical_speedup": "speedup",
+    "measured_speedup": "measured",
+    "structured_speedup": "shrunk",
 }
+RATIOS = ("compression", "compression_achieved", "theoretical_speedup", "measured_speedup",
+          "structured_speedup")
+FAILED_SHOWN = ("dataset", "model", "strategy", "strategy_params", "compression", "seed")
 
 
-def render(frame: pd.DataFrame, fmt: str) -> str:
-    """``frame`` as ``table`` (compact columns), ``csv``, ``markdown`` or ``json`` (all columns)."""
+def render(
+    frame: pd.DataFrame,
+    fmt: str,
+    columns: list[str] | None = None,
+    aggregated: pd.DataFrame | None = None,
+) -> str:
+    """``frame`` (one row per run) as text in ``fmt``.
+
+    With ``aggregated`` (from :func:`~shrinkbench_core.results.aggregate.aggregate_results`)
+    that table is rendered instead, and ``frame`` only supplies the failed runs
+    listed under a ``table``/``markdown``. ``columns`` selects and orders columns
+    (for an aggregated table a base name such as ``finetuned_top1`` selects its
+    mean and std); default: all for csv/json/markdown, the compact ones for table.
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    shown = aggregated if aggregated is not None else frame
+    failed = frame[frame["status"] == "failed"] if "status" in frame else frame.iloc[0:0]
+    if fmt in ("table", "markdown") and aggregated is None:
+        shown = shown[shown["status"] != "failed"]
+    if columns is not None:
+        shown = shown[select_columns(shown, columns)]
+    elif fmt == "table":
+        compact = COMPACT_AGGREGATED if aggregated is not None else COMPACT
+        shown = shown[select_columns(shown, [c for c in compact if _available(shown, c)])]
     if fmt == "csv":
-        return frame.to_csv(index=False)
+        return shown.to_csv(index=False)
     if fmt == "json":
-        return json.dumps(list(iter_records(frame)), indent=2)
+        return json.dumps(list(iter_records(shown)), indent=2)
+    header, rows = display_rows(shown)
     if fmt == "markdown":
-        return to_markdown(frame)
-    if fmt == "table":
+        text = to_markdown(header, rows)
+    else:
         from shrinkbench_core.cli import format_table
 
-        columns = [c for c in COMPACT if c in frame.columns]
-        rows = [[format_cell(record[c]) for c in columns] for record in iter_records(frame)]
-        return format_table([HEADERS.get(c, c) for c in columns], rows, max_width=40)
-    raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        text = format_table(header, rows, max_width=40)
+    return text + failed_listing(failed, markdown=fmt == "markdown")
+
+
+def _available(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame.columns or f"{column}_mean" in frame.columns
+
+
+def select_columns(frame: pd.DataFrame, wanted: list[str]) -> list[str]:
+    """The columns of ``frame`` named by ``wanted`` (``x`` also selects ``x_mean``, ``x_std``).
+
+    Raises :class:`UserError` naming unknown columns and listing the available ones.
+    """
+    chosen: list[str] = []
+    unknown = []
+    for name in wanted:
+        matches = [name] if name in frame.columns else [
+            c for c in (f"{name}_mean", f"{name}_std") if c in frame.columns
+        ]
+        if not matches:
+            unknown.append(name)
+        chosen += [c for c in matches if c not in chosen]
+    if unknown:
+        bases = sorted({c.removesuffix("_mean").removesuffix("_std") for c in frame.columns})
+        raise UserError(
+            f"unknown column(s) {', '.join(unknown)}; available: {', '.join(bases)}"
+        )
+    return chosen
+
+
+def format_value(column: str, value: Any, std: Any = None) -> str:
+    """A cell as the run summary shows it (``91.23%``, ``8.01x``, ``0.46 ms``), ± ``std``."""
+    if _missing(value):
+        return ""
+    if not isinstance(value, float) or isinstance(value, bool):
+        return str(value)
+    base = column.removesuffix("_mean")
+    spread = not _missing(std)
+    if base.endswith(("_top1", "_top5")):
+        return f"{100 * value:.2f}" + (f" ± {100 * std:.2f}" if spread else "") + "%"
+    if base in RATIOS:
+        digits = ".3g" if base == "compression" else ".2f"
+        return f"{value:{digits}}" + (f" ± {std:.2f}" if spread else "") + "x"
+    if base.endswith("_ms"):
+        return f"{value:.3g}" + (f" ± {std:.2g}" if spread else "") + " ms"
+    return f"{value:.4g}" + (f" ± {std:.2g}" if spread else "")
+
+
+def display_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted cells; ``x_mean`` and ``x_std`` become one ``x`` cell."""
+    columns = [c for c in frame.columns if not (c.endswith("_std") and
+                                                f"{c[:-4]}_mean" in frame.columns)]
+    header = [HEADERS.get(c.removesuffix("_mean"), c.removesuffix("_mean")) for c in columns]
+    rows = []
+    for record in iter_records(frame):
+        rows.append([
+            format_value(c, record[c], record.get(f"{c[:-5]}_std") if c.endswith("_mean")
+                         else None)
+            for c in columns
+        ])
+    return header, rows
+
+
+def failed_listing(failed: pd.DataFrame, markdown: bool = False) -> str:
+    """Failed runs with their error, one line each ('' when none failed)."""
+    if failed.empty:
+        return ""
+    lines = ["", "", f"failed runs ({len(failed)}):"]  # a blank line after the table
+    for record in iter_records(failed):
+        what = " ".join(
+            f"{key}={record[key]}" if key in ("compression", "seed") else str(record[key])
+            for key in FAILED_SHOWN if record.get(key) not in (None, "")
+        )
+        error = (record.get("error") or "no error recorded").splitlines()[0]
+        lines.append(f"{'- ' if markdown else '  '}{what}: {error} ({record.get('path')})")
+    return "\n".join(lines)
 
 
 def format_cell(value: Any) -> str:
     """A cell as short text: floats to 4 significant digits, missing values empty."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
 
 
-def to_markdown(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of every column."""
-    columns = list(frame.columns)
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def to_markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table."""
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
 
-    lines = [line(columns), "|" + "|".join("---" for _ in columns) + "|"]
-    lines += [line([format_cell(r[c]) for c in columns]) for r in iter_records(frame)]
+    lines = [line(header), "|" + "|".join("---" for _ in header) + "|"]
+    lines += [line(row) for row in rows]
     return "\n".join(lines)
