@@ -92,8 +92,10 @@ def bench(name: str, repeats: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--models", default="resnet50,vit_b_16")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed runs of each measurement; the median is reported")
+    parser.add_argument("--models", default="resnet50,vit_b_16",
+                        help="comma-separated torchvision model names")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch 1, 224x224, "
           f"median of {args.repeats}")

@@ -180,8 +180,10 @@ def main() -> None:
         help="timed runs per model, at least; more for fast models so that each model is "
         "timed for about --seconds (a short window can miss the machine's quiet moments)",
     )
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--statistic", choices=["min", "median"], default="min")
+    parser.add_argument("--seconds", type=float, default=4.0,
+                        help="time each model for about this long (more repeats when fast)")
+    parser.add_argument("--statistic", choices=["min", "median"], default="min",
+                        help="which statistic of the timed runs is reported")
     parser.add_argument(
         "--clock",
         choices=["wall", "cpu"],
@@ -189,12 +191,15 @@ def main() -> None:
         help="wall: elapsed time; cpu: this process's CPU time (use with --threads 1 on a "
         "busy machine: it is the latency on a core of its own)",
     )
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    parser.add_argument("--batch", type=int, default=32, help="inputs per forward pass")
     parser.add_argument("--size", type=int, default=224, help="resnet18 input size")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet56"])
-    parser.add_argument("--compressions", nargs="+", type=float, default=[2.0, 4.0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch CPU threads (default: all)")
+    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet56"],
+                        help="models to prune, shrink and time")
+    parser.add_argument("--compressions", nargs="+", type=float, default=[2.0, 4.0],
+                        help="requested compression ratios")
     parser.add_argument(
         "--round-to", type=int, default=8, help="keep a multiple of this many channels per group"
     )

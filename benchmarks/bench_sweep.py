@@ -67,13 +67,17 @@ def run_sweep(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compressions", type=float, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--compressions", type=float, nargs="+", default=[2, 4, 8, 16],
+                        help="compression ratios of the sweep grid")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--hidden", type=int, default=1024, help="MLP hidden width")
-    parser.add_argument("--dense-epochs", type=int, default=4)
-    parser.add_argument("--finetune-epochs", type=int, default=12)
+    parser.add_argument("--dense-epochs", type=int, default=4,
+                        help="epochs of dense training per run")
+    parser.add_argument("--finetune-epochs", type=int, default=12,
+                        help="epochs of fine-tuning per run")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each setting (median)")
-    parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--skip-ray", action="store_true",
+                        help="time only the local executor, not Ray")
     parser.add_argument("--skip-default-threads", action="store_true",
                         help="do not also time 1 worker with the default threads (all cores)")
     args = parser.parse_args()

@@ -84,7 +84,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each variant")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--quick", action="store_true", help="1 dense + 1 fine-tuning epoch")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="trackers to time (each against runs without one)")
     args = parser.parse_args()
     extra = ["-p", "dense.epochs=1", "-p", "finetune.epochs=1"] if args.quick else []
     names = args.variants if "none" in args.variants else ["none", *args.variants]

@@ -82,7 +82,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help=_NAME_HELP.format("dataset", "cifar10", "CIFAR-10"))  # fmt: skip
     plot.add_argument("--model", required=True,
                       help=_NAME_HELP.format("model", "resnet56", "ResNet-56"))  # fmt: skip
-    plot.add_argument("--metric", choices=("top1", "top5"), default="top1")
+    plot.add_argument("--metric", choices=("top1", "top5"), default="top1",
+                      help="accuracy plotted (default: top1)")  # fmt: skip
     plot.add_argument("--delta", action="store_true",
                       help="plot the change from each paper's own baseline accuracy")  # fmt: skip
     plot.add_argument("--source", choices=SOURCES, default="survey", help=_SOURCE_HELP)
