@@ -36,14 +36,13 @@ def load_weights(model: nn.Module, path: str) -> None:
 
         if not Path(path).expanduser().is_file():
             raise CheckpointError(f"checkpoint file not found: {path}")
-        missing, unexpected = model.load_state_dict(
-            load_file(str(Path(path).expanduser())), strict=False
-        )
-        if missing or unexpected:
+        try:
+            model.load_state_dict(load_file(str(Path(path).expanduser())))
+        except RuntimeError as error:
+            lines = [line.strip() for line in str(error).splitlines()[1:4]]
             raise CheckpointError(
-                f"checkpoint {path} does not match the model: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )
+                f"checkpoint {path} does not match the model: {'; '.join(lines)}"
+            ) from None
         return
     load_state_dict_file(model, path)
 
