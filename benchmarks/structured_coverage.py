@@ -201,7 +201,10 @@ def isolated(function: str, name: str, memory_gb: float, timeout: float) -> dict
 
 def table(results: dict[str, dict[str, Any]], with_peer: bool) -> str:
     """The markdown table of the README."""
-    head = "| model | size | params before | params after | MACs before | MACs after | compression |"
+    head = (
+        "| model | size | params before | params after | MACs before | MACs after "
+        "| compression |"
+    )
     rule = "|---|---|---|---|---|---|---|"
     if with_peer:
         head += " Torch-Pruning | ours / TP |"
