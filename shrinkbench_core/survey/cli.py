@@ -87,6 +87,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     plot.add_argument("--delta", action="store_true",
                       help="plot the change from each paper's own baseline accuracy")  # fmt: skip
     plot.add_argument("--source", choices=SOURCES, default="survey", help=_SOURCE_HELP)
+    plot.add_argument("--min-accuracy", type=float, metavar="FRACTION",
+                      help="leave out results whose top-k accuracy is below this fraction, e.g. "
+                      "0.1 hides the runs that diverged (317 of State of Sparsity's 1008 "
+                      "ImageNet/ResNet-50 runs end below 10%% top-1, 308 below 1%%)")  # fmt: skip
     plot.add_argument("--out", help="figure file, .png or .pdf "
                       "(default: survey-DATASET-MODEL.png in the current directory)")  # fmt: skip
     plot.set_defaults(handler=plot_command)
@@ -171,7 +175,8 @@ def plot_command(args: argparse.Namespace) -> int:
     default = f"survey-{normalize(dataset)}-{normalize(model)}.png"
     out = Path(args.out) if args.out else Path(default)
     summary = plot_pair(
-        dataset, model, out, metric=args.metric, delta=args.delta, source=args.source
+        dataset, model, out, metric=args.metric, delta=args.delta, source=args.source,
+        min_accuracy=args.min_accuracy,
     )
     print(summary.describe())
     return 0

@@ -102,8 +102,9 @@ def draw_literature(
     """Draw one line with markers per (paper, method); returns the number of points.
 
     With ``styles`` (see :func:`series_styles`) each series gets its colour,
-    marker and legend entry; without, everything is drawn muted in grey behind other
-    artists, with the single legend entry ``label`` (for overlays).
+    marker and legend entry; without (for overlays), every series is drawn muted
+    behind other artists, in its own grey shade and marker, with its own legend
+    entry ``label`` + series name, so each paper can be told apart.
     """
     points = plottable(results, x, y)
     muted = styles is None
@@ -113,15 +114,16 @@ def draw_literature(
         # runs) is a cloud, not a curve: markers only
         sweep = (group["source"] != "survey").any() or not group[x].is_unique
         curve = len(group) > 1 and not sweep
+        shade = str(round(0.2 + 0.45 * (index % 4) / 3, 2))  # four greys, 0.2 to 0.65
         style = {
             "marker": _MARKERS[index % len(_MARKERS)] if muted else styles[name][1],
             "markersize": 4 if muted else 5,
             "linewidth": 0.6 if muted else 1.0,
             "linestyle": ("--" if muted else "-") if curve else "none",
             "alpha": 0.55 if muted else 0.9,
-            "color": "0.45" if muted else styles[name][0],
+            "color": shade if muted else styles[name][0],
             "zorder": 1 if muted else 2,
-            "label": (label if index == 0 else "_nolegend_") if muted else name,
+            "label": f"{label}{name}" if muted else name,
         }
         ax.plot(group[x].to_numpy(), group[y].to_numpy(), **style)
     return len(points)
@@ -129,6 +131,20 @@ def draw_literature(
 
 #: Ratios spanning at least this factor get a log-2 x axis; narrower ranges stay linear.
 LOG_SPAN = 8.0
+#: Top-1 below this is a run that failed to train (chance on ImageNet is 0.1%).
+DIVERGED = 0.1
+
+
+def above_accuracy(results: pd.DataFrame, min_accuracy: float | None, metric: str) -> pd.DataFrame:
+    """Results whose absolute top-1/top-5 (``metric``'s k) is at least ``min_accuracy``.
+
+    Results that do not report that accuracy are kept (they may still report a
+    change in accuracy). ``None`` keeps everything.
+    """
+    if min_accuracy is None:
+        return results
+    column = "top5" if metric.endswith("5") else "top1"
+    return results[results[column].isna() | (results[column] >= min_accuracy)]
 
 
 def format_axes(ax: Axes, x: str, y: str, values: pd.Series) -> None:
@@ -154,6 +170,8 @@ class PlotSummary:
     papers: int
     points: dict[str, int] = field(default_factory=dict)
     missing: dict[str, int] = field(default_factory=dict)
+    hidden: int = 0  # results below ``min_accuracy``
+    diverged: int = 0  # results drawn with top-1 below DIVERGED (when not hidden)
 
     def describe(self) -> str:
         """A few lines for the terminal."""
@@ -163,6 +181,13 @@ class PlotSummary:
             lines.append(
                 f"  {x}: {count} points drawn; {self.missing[x]} results lack {x} or accuracy "
                 "(`shrinkbench survey issues` says why)"
+            )
+        if self.hidden:
+            lines.append(f"  {self.hidden} results below --min-accuracy left out")
+        if self.diverged:
+            lines.append(
+                f"  note: {self.diverged} results have top-1 below {DIVERGED:.0%} (runs that "
+                f"diverged, e.g. State of Sparsity's); hide them with --min-accuracy {DIVERGED:g}"
             )
         return "\n".join(lines)
 
@@ -183,21 +208,32 @@ def plot_pair(
     metric: str = "top1",
     delta: bool = False,
     source: str = "survey",
+    min_accuracy: float | None = None,
 ) -> PlotSummary:
     """Save accuracy vs compression and vs speedup of the literature for one pair.
 
     ``dataset``/``model`` may be ours (``cifar10``, ``resnet56``) or the
     survey's. ``delta`` plots the change in accuracy instead of its value
-    (comparable across papers whose baselines differ). PNG or PDF by suffix.
+    (comparable across papers whose baselines differ). ``min_accuracy`` leaves
+    out results whose top-k accuracy is below it (e.g. ``0.1`` hides runs that
+    diverged). PNG or PDF by suffix.
     """
     path = _check_out(out)
+    if min_accuracy is not None and not 0 <= min_accuracy <= 1:
+        raise UserError(f"min accuracy must be a fraction in [0, 1], got {min_accuracy}")
     y = metric_column(("delta_" if delta else "") + metric_column(metric).removeprefix("delta_"))
-    results = filter_results(load_results(source), dataset=dataset, model=model)
-    if results.empty:
+    every = filter_results(load_results(source), dataset=dataset, model=model)
+    if every.empty:
         raise UserError(f"the survey has no results for {dataset} / {model}")
+    results = above_accuracy(every, min_accuracy, y).reset_index(drop=True)
+    if results.empty:
+        raise UserError(
+            f"no result for {dataset} / {model} reaches --min-accuracy {min_accuracy:g}"
+        )
     survey_dataset, survey_model = results.loc[0, "dataset"], results.loc[0, "model"]
     summary = PlotSummary(
-        path, survey_dataset, survey_model, len(results), results["paper"].nunique()
+        path, survey_dataset, survey_model, len(results), results["paper"].nunique(),
+        hidden=len(every) - len(results), diverged=int((results["top1"] < DIVERGED).sum()),
     )
     figure = Figure(figsize=(14, 5.5), layout="constrained")
     axes = figure.subplots(1, 2, sharey=True)
@@ -250,6 +286,7 @@ def overlay_survey(
     pair: str | tuple[str, str] | None = None,
     source: str = "survey",
     mapping: NameMapping | None = None,
+    min_accuracy: float | None = None,
 ) -> int:
     """Draw the literature's points for our (dataset, model) on ``ax``; returns how many.
 
@@ -258,7 +295,9 @@ def overlay_survey(
     overrides the mapping. Returns 0 when the pair has no survey results.
     ``x`` accepts ``compression``/``compression_achieved``/``speedup``;
     ``metric`` accepts ``top1``/``top5`` (optionally ``finetuned_`` prefixed)
-    or ``delta_top1``/``delta_top5``. Axis scales are left to the caller.
+    or ``delta_top1``/``delta_top5``. Each (paper, method) gets its own muted style
+    and legend entry ``Literature: paper (method)``; ``min_accuracy`` as for
+    :func:`plot_pair`. Axis scales are left to the caller.
     """
     x, y = x_column(x), metric_column(metric)
     survey = resolve_pair(pair, source) if pair is not None else None
@@ -268,6 +307,5 @@ def overlay_survey(
         return 0
     results = load_results(source)
     results = results[(results["dataset"] == survey[0]) & (results["model"] == survey[1])]
-    papers = plottable(results, x, y)["paper"].nunique()
-    label = f"Literature: {survey[0]} / {survey[1]} ({papers} papers)"
-    return draw_literature(ax, results, x, y, label=label)
+    results = above_accuracy(results, min_accuracy, y)
+    return draw_literature(ax, results, x, y, label="Literature: ")
