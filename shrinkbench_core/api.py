@@ -553,9 +553,11 @@ def run(
 
     ``config`` is a dict, an ``ExperimentConfig`` or a config file; ``fields``
     set any experiment field on top (``strategy="GlobalMagWeight"``,
-    ``compression=4``, ``finetune={"epochs": 1}``). ``model`` may be your own
-    ``nn.Module`` (or a zero-argument function returning one) and ``data`` a
-    :class:`~shrinkbench_core.data.DataSplits`, instead of registered names:
+    ``compression=4``, ``finetune={"epochs": 1}``). ``model`` and ``data`` may
+    be registered names (``model="mlp"``, ``model={"name": "mlp",
+    "hidden_sizes": [64]}``, ``data="digits"``), or your own ``nn.Module`` (or
+    a zero-argument function returning one) and
+    :class:`~shrinkbench_core.data.DataSplits`:
     their architecture and initial weights go into the run's digest, so two
     different models never share a run directory or dense cache. Same run
     directory, dense cache and resume as ``shrinkbench-run``; a completed run
@@ -565,6 +567,12 @@ def run(
     from shrinkbench_core.config import build_config
     from shrinkbench_core.experiment import run_experiment
 
+    if isinstance(model, (str, Mapping)):  # a registered name (with its parameters)
+        fields = {**fields, "model": model}
+        model = None
+    if isinstance(data, (str, Mapping)):
+        fields = {**fields, "dataset": data}
+        data = None
     merged = config_dict(config, fields)
     return run_experiment(build_config(merged), model=model, data=data, quiet=quiet, force=force)
 

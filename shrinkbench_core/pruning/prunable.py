@@ -127,8 +127,8 @@ def locate_classifier(
         return None
     if name is None:
         problems.append(
-            "running the example input found no Linear/Conv layer with as many outputs "
-            "as the model has classes"
+            "running the example input gave no tensor of class scores made by a "
+            "Linear/Conv layer"
         )
     return name
 
