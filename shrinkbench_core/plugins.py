@@ -173,6 +173,9 @@ def make_plugin_manager(
     selection = selection or PluginSelection.from_environment()
     manager = PluginManager(selection)
     manager.register_plugin(builtin, BUILTIN_PLUGIN_NAME, "shrinkbench-core", __version__)
+    from shrinkbench_core.builtin.epoch_lines import EpochLines  # a line per epoch on stderr
+
+    manager.register(EpochLines(), name=f"{BUILTIN_PLUGIN_NAME}-epoch-lines")
     if load_entry_points:
         entry_points = list(iter_entry_points())
         for entry_point in entry_points:
