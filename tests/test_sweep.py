@@ -153,7 +153,7 @@ def test_dry_run_prints_the_expanded_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("12 runs (0 complete, 12 to run), 2 dense baselines")
     assert len(re.findall(r"\[to run\]  digits-mlp-", out)) == 12
-    assert "RandomPruning  c=4  seed=1" in out
+    assert re.search(r"RandomPruning +c=4 +seed=1", out)
     assert not (tmp_path / "out").exists()
 
 
@@ -166,8 +166,13 @@ def test_unknown_executor_and_bad_workers_are_user_errors(tmp_path, capsys):
 
 
 # -- running ----------------------------------------------------------------------
-def test_failure_is_recorded_and_two_workers_share_one_dense_baseline(tmp_path):
+def test_failure_is_recorded_and_two_workers_share_one_dense_baseline(tmp_path, monkeypatch):
     """Two workers start together on the same baseline: one trains it, the other waits."""
+    from shrinkbench_core.experiment import resolve
+
+    # Validation would refuse the unreachable compression before anything runs; switched
+    # off in the driver, the run fails in its worker like any run failing at run time.
+    monkeypatch.setattr(resolve, "compression_problem", lambda *args: None)
     sweep = load_sweep_file(
         write_sweep(tmp_path, ["GlobalMagWeight"], [2, 4, 100_000], [0], dense_epochs=30)
     )
