@@ -153,9 +153,9 @@ def export_model(
     from shrinkbench_core.exporting.source import from_model, from_run
 
     out = Path(out).expanduser()
+    check_destination(out)
     fmt = resolve_format(format, out)
     formats.check_libraries(fmt)
-    check_destination(out)
     if isinstance(source, nn.Module):
         loaded = from_model(source, example_input, masks)
     else:
