@@ -1,0 +1,110 @@
+"""Channel strategies on modern patterns: heads and MLP units scored, grouped convolutions
+kept balanced, ``uniform=true`` (the same share of every group) and ``ChannelTaylor``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from shrinkbench_strategies.channel import ChannelTaylor, GlobalChannelNorm, LayerChannelNorm
+from test_structured_patterns import Encoder, Grouped
+from test_structured_shrink import randomize
+from torch import nn
+
+from shrinkbench_core.config import PrunableRule
+from shrinkbench_core.pruning.shrink import shrink_model
+from shrinkbench_core.pruning.structured import analyze_channels
+
+
+def removed_share(model, masks, example) -> dict[tuple[str, ...], float]:
+    """Share of each tied group's channels whose producer rows are all masked."""
+    shares = {}
+    for group in analyze_channels(model, example).groups():
+        gone = sum(
+            all(not masks[n][list(rows)].any() for n, rows in c.producers.items() if n in masks)
+            and all(n in masks for n in c.producers)
+            for c in group.channels
+        )
+        shares[group.producers] = gone / group.size
+    return shares
+
+
+def test_heads_and_mlp_units_are_scored_and_removed_whole():
+    model = randomize(Encoder())
+    example = torch.randn(1, 5, 6)
+    rule = PrunableRule(include=("*.in_proj_weight",))
+    strategy = GlobalChannelNorm(model, 1.6, rule=rule, classifier="head", input_shape=(5, 6))
+    masks = strategy.compute_masks()
+    shares = removed_share(model, masks, example)
+    assert shares[("attn.in_proj_weight",)] > 0 and shares[("mlp.0.weight",)] > 0
+    heads = masks["attn.in_proj_weight"].reshape(3, 4, 4, 16)  # q/k/v, head, row, column
+    alive = heads.any(dim=(2, 3))
+    assert (alive == alive[0]).all()  # a head keeps or loses its q, k and v rows together
+    result = shrink_model(model, masks, example)
+    assert result.model.attn.num_heads == int(alive[0].sum()) < 4
+
+
+def test_grouped_convolution_stays_balanced_under_global_ranking():
+    model = randomize(Grouped())
+    example = torch.randn(1, 3, 8, 8)
+    masks = GlobalChannelNorm(model, 2, classifier="head", input_shape=(3, 8, 8)).compute_masks()
+    result = shrink_model(model, masks, example)
+    assert result.unsupported == [] and result.model.grouped.in_channels < 16
+
+
+@pytest.mark.parametrize("strategy", [GlobalChannelNorm, ChannelTaylor])
+def test_uniform_removes_the_same_share_of_every_group(strategy):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 4),
+    )  # fmt: skip
+    example = torch.randn(1, 3, 8, 8)
+    data = [(torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,)))]
+    pruner = strategy(model, 2, params={"uniform": True}, calibration=data,
+                      classifier="8", input_shape=(3, 8, 8))  # fmt: skip
+    shares = removed_share(model, pruner.compute_masks(), example)
+    values = [shares[("0.weight",)], shares[("2.weight",)], shares[("4.weight",)]]
+    assert max(values) - min(values) <= 1 / 8 + 1e-9 and min(values) > 0
+
+
+def test_layer_channel_norm_is_uniform_too():
+    model = randomize(Grouped())
+    masks = LayerChannelNorm(model, 2, classifier="head", input_shape=(3, 8, 8)).compute_masks()
+    shares = removed_share(model, masks, torch.randn(1, 3, 8, 8))
+    assert abs(shares[("reduce.weight",)] - shares[("grouped.weight",)]) <= 0.25
+
+
+def test_channel_taylor_ranks_by_loss_change_not_by_norm():
+    """A channel with the largest weights that nothing downstream reads has zero Taylor
+    importance: ChannelTaylor removes it first, the norm criterion keeps it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )  # fmt: skip
+    with torch.no_grad():
+        model[0].weight[5] *= 50  # loud channel ...
+        model[2].weight[:, 5] = 0  # ... that nothing reads
+    data = [(torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))) for _ in range(2)]
+    kwargs = {"classifier": "6", "input_shape": (3, 8, 8), "calibration": data}
+    taylor = ChannelTaylor(model, 1.1, **kwargs).compute_masks()
+    norm = GlobalChannelNorm(model, 1.1, **kwargs).compute_masks()
+    assert not taylor["0.weight"][5].any()
+    assert "0.weight" not in norm or norm["0.weight"][5].all()
+
+
+def test_channel_taylor_needs_calibration_data():
+    from shrinkbench_core.errors import UserError
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(128, 2))
+    with pytest.raises(UserError, match="calibration"):
+        ChannelTaylor(model, 1.2, classifier="3", input_shape=(3, 4, 4)).compute_masks()
+
+
+def test_channel_taylor_is_registered():
+    from shrinkbench_strategies.plugin import strategy_specs
+
+    spec = {s.name: s for s in strategy_specs()}["ChannelTaylor"]
+    assert spec.needs_data and spec.structure == "channel"
+    assert spec.parameters(uniform=True).uniform
