@@ -218,8 +218,10 @@ class DynamicSparsity:
         self.update_interval = update_interval
         self.end_step = int(stop_fraction * total_steps)
         self.params = dict(model.named_parameters())
-        self.masks: Masks = {name: mask.to(self.params[name].device).clone()
-                             for name, mask in masks.items()}
+        self.masks: Masks = {
+            name: mask.to(self.params[name].device).clone(memory_format=torch.contiguous_format)
+            for name, mask in masks.items()
+        }
         # a stream of its own: with the same seed as random initial masks, SET would
         # regrow exactly the weights the initial masks chose
         # (CPU generators use the low 32 bits of a seed, so the seed is mixed, not offset)
@@ -252,9 +254,11 @@ class DynamicSparsity:
             if count == 0 or active == mask.numel():
                 per_layer[name] = 0
                 continue
-            magnitude = param.detach().abs().masked_fill(~mask, math.inf)
-            drop = _top_mask(-magnitude, count)  # the smallest active magnitudes
-            remaining = mask & ~drop
+            remaining = mask.clone()
+            active_index = mask.view(-1).nonzero().squeeze(1)
+            magnitude = param.detach().reshape(-1)[active_index].abs()
+            smallest = torch.topk(magnitude, count, largest=False, sorted=False).indices
+            remaining.view(-1)[active_index[smallest]] = False  # drop the smallest |w|
             grow = _top_mask(self._grow_score(name, param).masked_fill(remaining, -math.inf),
                              count)
             new = remaining | grow
