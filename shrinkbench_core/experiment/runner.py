@@ -18,8 +18,6 @@ pruning step): ``logs.csv`` and the trackers are plugins on them.
 from __future__ import annotations
 
 import copy
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from shrinkbench_core import __version__
 from shrinkbench_core.data import DataSplits
 from shrinkbench_core.experiment.atomic import atomic_write_json, read_json
 from shrinkbench_core.experiment.context import RunContext, pick_device, seed_offset
 from shrinkbench_core.experiment.naming import run_name
+from shrinkbench_core.experiment.provenance import versions
 from shrinkbench_core.experiment.resolve import ResolvedExperiment
 from shrinkbench_core.experiment.rundir import COMPLETE, FAILED, INTERRUPTED, RUNNING, RunDirectory
 from shrinkbench_core.experiment.schedule_api import Schedule
@@ -76,40 +74,6 @@ def needs_pruning(model: nn.Module, compression: float) -> bool:
     params = list(model.parameters())
     nonzero = sum(int(torch.count_nonzero(p)) for p in params)
     return nonzero > round(sum(p.numel() for p in params) / compression)
-
-
-def git_commit() -> str | None:
-    """The commit of the source tree the core runs from, when it is a git checkout."""
-    try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def installed_version(distribution: str) -> str | None:
-    """Version of an installed distribution, read from its metadata (no import)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return None
-
-
-def versions(resolved: ResolvedExperiment) -> dict[str, Any]:
-    """Versions of python, torch, the core and every plugin used, and the git commit."""
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": installed_version("torchvision"),
-        "shrinkbench-core": __version__,
-        "plugins": resolved.plugin_versions(),
-        "git_commit": git_commit(),
-    }
 
 
 class Experiment:
@@ -161,9 +125,9 @@ class Experiment:
     # -- entry point --------------------------------------------------------------
     def run(self, force: bool = False) -> RunResult:
         """Run (or resume) the experiment; a completed run is only reported."""
-        run_dir = self.run_dir
-        if run_dir.is_complete and not force:
-            return RunResult(run_dir.path, read_json(run_dir.metrics), already_complete=True)
+        if self.run_dir.is_complete and not force:
+            metrics = read_json(self.run_dir.metrics)
+            return RunResult(self.run_dir.path, metrics, already_complete=True)
         registry = self.registry
         if registry is None:
             from shrinkbench_core.registry import get_registry
@@ -171,50 +135,53 @@ class Experiment:
             registry = get_registry()
         trackers = tracker_plugins(self.config, registry)  # problems surface before any file
         schedule = build_schedule(self.context)
+        progress = self._prepare(force, schedule)
+        with RunEvents(registry.manager, self._info(progress), plugins=trackers) as events:
+            self.context.events = events
+            events.emit("shrinkbench_run_start")
+            try:
+                result = self._run(schedule, progress)
+            except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or a worker told to stop
+                self._end(events, INTERRUPTED, error="interrupted")
+                raise
+            except BaseException as error:
+                self._end(events, FAILED, error=f"{type(error).__name__}: {error}")
+                raise
+            self._end(events, COMPLETE, metrics=result.metrics)
+        return result
+
+    def _prepare(self, force: bool, schedule: Schedule) -> dict[str, Any] | None:
+        """Create the run directory and ``config.json``; the progress to resume from, if any."""
+        run_dir = self.run_dir
         if force:
             run_dir.clear()
         run_dir.prepare()
-        config = self.config.model_dump(mode="json")
-        record = {"digest": self.config.digest(), "config": config}
+        record = {"digest": self.config.digest(), "config": self.config.model_dump(mode="json")}
         record.update(seeds=self.seeds.model_dump(), versions=versions(self.resolved))
         if self.provenance:
             record["user_objects"] = self.provenance
         atomic_write_json(run_dir.config, record)
         run_dir.set_status(RUNNING)
-        progress = saved_progress(run_dir, schedule.during_training)
-        info = RunInfo(
-            run_dir.path,
-            run_dir.path.name,
-            self.config.digest(),
-            config,
-            resumed=progress is not None,
-        )
-        with RunEvents(registry.manager, info, plugins=trackers) as events:
-            self.context.events = events
-            events.emit("shrinkbench_run_start")
-            try:
-                result = self._run(schedule, progress)
-            except KeyboardInterrupt:
-                run_dir.set_status(
-                    INTERRUPTED, message="interrupted; rerun the same command to resume"
-                )
-                events.emit(
-                    "shrinkbench_run_end", status=INTERRUPTED, metrics=None, error="interrupted"
-                )
-                raise
-            except BaseException as error:
-                message = f"{type(error).__name__}: {error}"
-                run_dir.set_status(FAILED, error=message)
-                events.emit(
-                    "shrinkbench_run_end",
-                    status=FAILED,
-                    metrics=None,
-                    error=message.splitlines()[0] if message else None,
-                )
-                raise
-            run_dir.set_status(COMPLETE)
-            events.emit("shrinkbench_run_end", status=COMPLETE, metrics=result.metrics, error=None)
-        return result
+        return saved_progress(run_dir, schedule.during_training)
+
+    def _info(self, progress: dict[str, Any] | None) -> RunInfo:
+        path = self.run_dir.path
+        config = self.config.model_dump(mode="json")
+        return RunInfo(path, path.name, self.config.digest(), config, resumed=bool(progress),
+                       extra={"quiet": self.context.quiet})
+
+    def _end(
+        self, events: RunEvents, status: str, metrics: dict | None = None, error: str | None = None
+    ) -> None:
+        """Record the final status, then announce it."""
+        if status == INTERRUPTED:
+            self.run_dir.set_status(status, message="interrupted; rerun the same command to resume")
+        elif status == FAILED:
+            self.run_dir.set_status(status, error=error)
+        else:
+            self.run_dir.set_status(status)
+        first_line = error.splitlines()[0] if error else None
+        events.emit("shrinkbench_run_end", status=status, metrics=metrics, error=first_line)
 
     # -- the pipeline -------------------------------------------------------------
     def _run(self, schedule: Schedule, progress: dict[str, Any] | None) -> RunResult:
