@@ -323,3 +323,20 @@ def test_dry_run_columns_line_up(tmp_path, capsys):
     assert len(lines) == 8
     for marker in (" c=", " seed=", " [to run]", " digits-mlp-"):
         assert len({line.index(marker) for line in lines}) == 1, (marker, lines)
+
+
+SHIPPED = (
+    "shrinkbench-core",
+    "shrinkbench-strategies",
+    "shrinkbench-cifar",
+    "shrinkbench-imagenet",
+)
+
+
+@pytest.mark.parametrize("kind", ["strategies", "datasets", "models", "metrics", "schedules"])
+def test_every_shipped_component_keeps_the_contract(kind):
+    from shrinkbench_core.factories import factory_problem
+
+    specs = [s for s in get_registry().specs(kind) if s.distribution in SHIPPED]
+    assert specs
+    assert {s.name: factory_problem(s) for s in specs if factory_problem(s)} == {}
