@@ -48,7 +48,7 @@ def test_paired_speedup_uses_the_rounds_of_one_measurement():
     paired = paired_speedup(dense_report, pruned_report)
     assert paired["measured_speedup"] == pytest.approx(2.0)
     assert paired["dense_median_ms"] == pytest.approx(4.0)
-    assert paired["measured_speedup_q1"] == pytest.approx(2.0) == paired["measured_speedup_q3"]
+    assert paired["measured_speedup_low"] == pytest.approx(2.0) == paired["measured_speedup_high"]
     assert paired["measured_speedup_reliable"] is True
 
 
@@ -78,8 +78,8 @@ def stage(median: float, dense: float | None = None, reliable: bool = True) -> d
                "threads": 2}
     if dense is not None:
         latency.update(dense_median_ms=dense, measured_speedup=dense / median,
-                       measured_speedup_reliable=reliable, measured_speedup_q1=1.0,
-                       measured_speedup_q3=1.1, measured_speedup_spread=0.5)
+                       measured_speedup_reliable=reliable, measured_speedup_low=1.0,
+                       measured_speedup_high=1.1, measured_speedup_spread=0.5)
     return {"latency": latency, "accuracy": {"test_top1": 0.9, "test_top5": 0.99}}
 
 

@@ -92,21 +92,22 @@ def latency_notes(metrics: dict[str, Any]) -> list[str]:
             continue
         if latency.get("dense_median_ms") is None:
             continue
-        q1, q3 = latency.get("measured_speedup_q1"), latency.get("measured_speedup_q3")
-        spread = f", per-round ratios {q1:.2f}x-{q3:.2f}x (quartiles)" if q1 and q3 else ""
+        low, high = latency.get("measured_speedup_low"), latency.get("measured_speedup_high")
+        spread = f" (95% interval {low:.2f}x-{high:.2f}x)" if low and high else ""
+        threads = latency.get("threads")
         notes.append(
             f"{label}: dense {latency['dense_median_ms']:.3g} ms vs {label} "
             f"{latency['median_ms']:.3g} ms, timed in turns ({latency.get('repeats')} passes "
             f"each, batch of {latency.get('batch_size')}, {latency.get('device')}, "
-            f"{latency.get('threads')} threads) -> measured "
+            f"{threads} thread{'' if threads == 1 else 's'}) -> measured "
             f"{latency['measured_speedup']:.2f}x{spread}"
         )
         if latency.get("measured_speedup_reliable") is False:
             ratio, spread = latency["measured_speedup"], latency.get("measured_speedup_spread", 0)
             notes.append(
-                f"! {label}: the timing is too spread to support {ratio:.2f}x (interquartile "
-                f"range of the ratios {100 * spread:.0f}% of it); time it with more repeats on an "
-                "idle machine (the latency metric's `repeats` parameter)"
+                f"! {label}: the timing is too spread to support {ratio:.2f}x (its 95% interval "
+                f"is {100 * spread:.0f}% of it wide); time it with more repeats on an idle "
+                "machine (the latency metric's `repeats` parameter)"
             )
     if notes:
         reference = paired_reference(metrics)

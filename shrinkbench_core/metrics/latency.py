@@ -13,18 +13,21 @@ A pruned model keeps its dense shapes (zeros are stored and multiplied), so its
 latency is expected to equal the dense model's: :func:`compare_latency` times
 both, interleaved, and reports the measured speedup next to the theoretical one.
 
-A measured speedup comes with its spread: the interleaving pairs the dense and
-pruned pass of each round, and the quartiles of the per-round ratios
-(``measured_speedup_q1``/``_q3``) say how well the measurement supports its
-median ratio. When the interquartile range exceeds :data:`MAX_RATIO_SPREAD` of
-the ratio, the metric measures again with four times the repeats while that
-stays cheap (under :data:`CHEAP_SECONDS` in all), and marks a ratio that is
-still that spread ``measured_speedup_reliable: false``.
+A measured speedup comes with its uncertainty: the interleaving pairs the dense
+and pruned pass of each round, and resampling the rounds (a seeded bootstrap of
+:data:`BOOTSTRAP_SAMPLES` draws) gives a 95% interval of the ratio of medians
+(``measured_speedup_low``/``_high``), which says how well the measurement supports
+it. When the interval is wider than :data:`MAX_RATIO_SPREAD` of the ratio,
+the metric measures again with four times the repeats (the interval narrows as
+``1/sqrt(n)``) while that stays cheap (under :data:`CHEAP_SECONDS` in all), and
+marks a ratio that is still that uncertain ``measured_speedup_reliable: false``.
 """
 
 from __future__ import annotations
 
+import math
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -38,10 +41,12 @@ from shrinkbench_core.builtin.metrics import LatencyParameters
 from shrinkbench_core.metrics import MetricContext
 from shrinkbench_core.metrics.allocator import retain_freed_memory
 
-#: Largest (q3 - q1) / median of the per-round dense/pruned ratios that supports a ratio.
+#: Widest 95% interval of the median per-round ratio, relative to the ratio, that supports it.
 MAX_RATIO_SPREAD = 0.2
 #: Seconds of timing under which a too-spread comparison is repeated with more passes.
 CHEAP_SECONDS = 5.0
+#: Resamples of the rounds for the interval of a measured speedup (seeded: reproducible).
+BOOTSTRAP_SAMPLES = 400
 #: Most measurements of one comparison (each with four times the repeats of the last).
 MAX_ATTEMPTS = 3
 
@@ -219,22 +224,27 @@ def paired_speedup(dense: LatencyReport, pruned: LatencyReport) -> dict[str, Any
     """Measured speedup of an interleaved measurement, with the spread of its round ratios.
 
     Keys: ``measured_speedup`` (dense median / pruned median), ``dense_median_ms``,
-    ``dense_iqr_ms``, ``measured_speedup_q1`` / ``_q3`` (quartiles of the ratios
-    dense / pruned of each round), ``measured_speedup_spread`` ((q3 - q1) / median
-    ratio) and ``measured_speedup_reliable`` (spread <= :data:`MAX_RATIO_SPREAD`).
+    ``dense_iqr_ms``, ``measured_speedup_low`` / ``_high`` (95% bootstrap interval of
+    the ratio, resampling the rounds, each a dense and a pruned pass),
+    ``measured_speedup_spread`` ((high - low) / measured speedup) and
+    ``measured_speedup_reliable`` (spread <= :data:`MAX_RATIO_SPREAD`).
     """
-    ratios = [d / p for d, p in zip(dense.times_ms, pruned.times_ms, strict=True) if p > 0]
-    if len(ratios) >= 2:
-        q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
-    else:
-        q1 = median = q3 = ratios[0] if ratios else float("nan")
-    spread = (q3 - q1) / median if median > 0 else float("inf")
+    rounds = list(zip(dense.times_ms, pruned.times_ms, strict=True))
+    speedup = dense.median_ms / pruned.median_ms
+    draws = random.Random(0)
+    resampled = sorted(
+        statistics.median(d for d, _ in sample) / statistics.median(p for _, p in sample)
+        for sample in (draws.choices(rounds, k=len(rounds)) for _ in range(BOOTSTRAP_SAMPLES))
+    )
+    low = resampled[int(0.025 * BOOTSTRAP_SAMPLES)]
+    high = resampled[int(0.975 * BOOTSTRAP_SAMPLES) - 1]
+    spread = (high - low) / speedup if speedup > 0 else math.inf
     return {
         "dense_median_ms": dense.median_ms,
         "dense_iqr_ms": dense.iqr_ms,
-        "measured_speedup": dense.median_ms / pruned.median_ms,
-        "measured_speedup_q1": q1,
-        "measured_speedup_q3": q3,
+        "measured_speedup": speedup,
+        "measured_speedup_low": low,
+        "measured_speedup_high": high,
         "measured_speedup_spread": spread,
         "measured_speedup_reliable": bool(spread <= MAX_RATIO_SPREAD),
     }
