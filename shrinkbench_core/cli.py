@@ -88,6 +88,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             if args.pattern
             else f"no {args.kind} registered"
         )
+        filtered = [p["name"] for p in registry.plugins() if p["status"] == "disabled"]
+        if filtered:
+            selection = registry.manager.selection.describe()
+            print(f"not loaded because of {selection}: {', '.join(filtered)}")
         return 0
     rows = []
     for spec in specs:

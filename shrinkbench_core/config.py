@@ -14,9 +14,10 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -102,6 +103,18 @@ UNUSED_OPTIMIZER_FIELDS = {
 MAX_SEED = 2**63 - 1
 
 
+def _seed_in_range(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise ValueError(
+            f"{value} is out of range: a seed is between 0 and 2**63 - 1 = {MAX_SEED} "
+            "(torch seeds are 64-bit)"
+        )
+    return value
+
+
+Seed = Annotated[int, AfterValidator(_seed_in_range)]
+
+
 class OptimizerConfig(_Strict):
     """A torch optimizer and its usual settings.
 
@@ -149,10 +162,10 @@ class DenseConfig(TrainingConfig):
 class SeedConfig(_Strict):
     """Separate seeds; each defaults to ``seed`` + a fixed offset."""
 
-    init: int | None = Field(None, ge=0, le=MAX_SEED)
-    data_order: int | None = Field(None, ge=0, le=MAX_SEED)
-    augmentation: int | None = Field(None, ge=0, le=MAX_SEED)
-    pruning: int | None = Field(None, ge=0, le=MAX_SEED)
+    init: Seed | None = None
+    data_order: Seed | None = None
+    augmentation: Seed | None = None
+    pruning: Seed | None = None
 
     def resolve(self, seed: int) -> SeedConfig:
         """Fill unset seeds from the experiment's ``seed``."""
@@ -217,7 +230,7 @@ class ExperimentConfig(_Strict):
         default_factory=lambda: [MetricConfig(name=n) for n in DEFAULT_METRICS],
         description="Metric names, or tables {name, params} to set a metric's parameters.",
     )
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    seed: Seed = 0
     seeds: SeedConfig = Field(default_factory=SeedConfig)
     device: str = Field(
         "auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'..."

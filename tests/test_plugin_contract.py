@@ -233,6 +233,15 @@ def test_no_strategy_plugin_loaded_says_so(monkeypatch, tmp_path, capsys):
     assert "shrinkbench-strategies" in err
 
 
+def test_an_empty_listing_names_the_plugins_the_environment_kept_out(monkeypatch, capsys):
+    monkeypatch.setenv("SHRINKBENCH_LOAD_PLUGINS", "shrinkbench-cifar")
+    assert main(["list", "strategies"]) == 0
+    out = capsys.readouterr().out
+    assert "no strategies registered" in out
+    assert "not loaded because of SHRINKBENCH_LOAD_PLUGINS=shrinkbench-cifar: " in out
+    assert "shrinkbench-strategies" in out
+
+
 def test_a_disabled_plugin_is_named_when_its_component_is_asked_for(monkeypatch, capsys):
     monkeypatch.setenv("SHRINKBENCH_DISABLE_PLUGINS", "shrinkbench-cifar")
     code = run_main(["--dataset", "cifar10"])
