@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -306,10 +307,23 @@ def wandb_records(run_dir: Path) -> list:
     return records
 
 
+def finished_wandb_records(run_dir: Path, wait: float = 60.0) -> list:
+    """The records once the ``exit`` record is there: wandb's own service process writes the
+    file and may still be flushing it when ``finish()`` returns."""
+    deadline = time.monotonic() + wait
+    while True:
+        records = wandb_records(run_dir)
+        if records and records[-1].WhichOneof("record_type") == "exit":
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no exit record after {wait} s: {len(records)} records")
+        time.sleep(0.1)
+
+
 def wandb_contents(run_dir: Path) -> dict:
     """The offline run's config, history rows, final summary and exit code."""
     contents: dict = {"config": {}, "history": [], "summary": {}, "exit_code": None}
-    for record in wandb_records(run_dir):
+    for record in finished_wandb_records(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             contents["name"] = record.run.display_name
@@ -372,15 +386,14 @@ def test_tracker_failing_mid_run_is_reported_once_and_the_others_keep_logging(tm
 
     def break_store(event: str) -> None:
         if event == "pruned":  # the store vanishes and a file takes its place
+            events.manager.get_plugin("tracker:mlflow").flush()
             shutil.rmtree(store)
             store.write_text("not a directory")
 
     drive(events, after=break_store)
     [line] = warnings(capsys.readouterr().err)
-    assert line.startswith(
-        "shrinkbench: warning: 'tracker:mlflow' failed in shrinkbench_epoch_end and is "
-        "disabled for this run: "
-    )
+    assert line.startswith("shrinkbench: warning: 'tracker:mlflow' failed in shrinkbench_")
+    assert "disabled for this run: TrackerError: handling shrinkbench_epoch_end: " in line
     assert events.failed.keys() == {"tracker:mlflow"}
     accumulator = event_accumulator(tmp_path / "run" / "tensorboard")
     assert scalar_series(accumulator, "finetune/train_loss") == [(1, 0.75), (2, 0.25)]
@@ -400,6 +413,64 @@ def test_unwritable_log_dir_and_invalid_uri_fail_at_start_in_one_line(tmp_path, 
     drive(events)
     lines = warnings(capsys.readouterr().err)
     assert len(lines) == 2
-    assert all("failed in shrinkbench_run_start and is disabled" in line for line in lines)
+    assert all("TrackerError: handling shrinkbench_run_start: " in line for line in lines)
+    [tensorboard] = [line for line in lines if "'tracker:tensorboard'" in line]
+    assert "NotADirectoryError" in tensorboard
+    [mlflow] = [line for line in lines if "'tracker:mlflow'" in line]
+    assert "nosuchscheme" in mlflow
     assert {"tracker:tensorboard", "tracker:mlflow"} == events.failed.keys()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["theoretical_speedup"] == 4
+
+
+# -- the worker thread ---------------------------------------------------------------------------
+class Recorder:
+    """A tracker whose start blocks until the test releases it, recording what it handles."""
+
+    def __init__(self, background: bool) -> None:
+        import threading
+
+        from shrinkbench_core.trackers import Tracker
+
+        release, handled = threading.Event(), []
+
+        class Blocking(Tracker):
+            def on_start(self, run):
+                release.wait(30)
+                handled.append("start")
+
+            def on_epoch(self, run, stage, epoch, logs):
+                handled.append((stage, epoch, dict(logs)))
+
+            def on_end(self, run, status, metrics, error):
+                handled.append(status)
+
+        Blocking.background = background
+        self.tracker, self.release, self.handled = Blocking(None), release, handled
+
+
+def test_events_are_handled_in_order_on_a_worker_thread(tmp_path):
+    recorder = Recorder(background=True)
+    run = RunInfo(path=tmp_path, name="run", digest="d", config={})
+    events = RunEvents(
+        make_plugin_manager(load_entry_points=False), run, [("rec", recorder.tracker)]
+    )
+    events.emit("shrinkbench_run_start")  # returns while on_start still waits
+    logs = {"epoch": 1, "train_loss": 0.5}
+    events.emit("shrinkbench_epoch_end", stage="dense", epoch=1, logs=logs)
+    logs["train_loss"] = 99.0  # the runner reusing its row does not change what was logged
+    assert recorder.handled == []
+    recorder.release.set()
+    events.emit("shrinkbench_run_end", status="complete", metrics={}, error=None)
+    assert recorder.handled == ["start", ("dense", 1, {"epoch": 1, "train_loss": 0.5}), "complete"]
+    assert not events.failed
+
+
+def test_a_tracker_may_handle_events_in_the_hook_itself(tmp_path):
+    recorder = Recorder(background=False)
+    recorder.release.set()
+    run = RunInfo(path=tmp_path, name="run", digest="d", config={})
+    events = RunEvents(
+        make_plugin_manager(load_entry_points=False), run, [("rec", recorder.tracker)]
+    )
+    events.emit("shrinkbench_run_start")
+    assert recorder.handled == ["start"]

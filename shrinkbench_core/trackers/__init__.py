@@ -8,7 +8,7 @@ a tracker never loses the run's own results. :func:`tracker_problems` finds unkn
 bad parameters and missing libraries before anything runs.
 """
 
-from shrinkbench_core.trackers.base import Tracker
+from shrinkbench_core.trackers.base import Tracker, TrackerError
 from shrinkbench_core.trackers.selection import missing_modules, tracker_plugins, tracker_problems
 
-__all__ = ["Tracker", "missing_modules", "tracker_plugins", "tracker_problems"]
+__all__ = ["Tracker", "TrackerError", "missing_modules", "tracker_plugins", "tracker_problems"]
