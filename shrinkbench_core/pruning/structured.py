@@ -64,6 +64,7 @@ from shrinkbench_core.pruning.channels.graph import (
     _MaskEditor,
     pad_nodes,
     rewrite_pads,
+    without_gc,
 )
 from shrinkbench_core.pruning.channels.rules import _Propagator
 from shrinkbench_core.pruning.masks import Masks
@@ -107,6 +108,7 @@ def as_args(example_input: Any) -> tuple[Any, ...]:
     return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
 
 
+@without_gc
 def analyze_channels(model: nn.Module, example_input: Any) -> ChannelAnalysis:
     """Trace ``model`` with torch.fx and follow every channel (see the module docstring).
 
