@@ -40,10 +40,12 @@ def shrinkbench_register_trackers() -> list:
 
 @hookimpl
 def shrinkbench_register_schedules() -> list:
-    """Register the ``oneshot``, ``iterative`` and ``gradual`` schedules."""
+    """Register the ``oneshot``, ``iterative`` and ``gradual`` schedules, and the
+    sparse-training ones: ``static``, ``set``, ``rigl``."""
     from shrinkbench_core.builtin.schedule_specs import schedule_specs
+    from shrinkbench_core.builtin.sparse_schedule_specs import sparse_schedule_specs
 
-    return schedule_specs()
+    return schedule_specs() + sparse_schedule_specs()
 
 
 # logs.csv is written by the built-in plugin, from the lifecycle events

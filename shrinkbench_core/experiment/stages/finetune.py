@@ -9,16 +9,19 @@ Contract:
   changed them), one log row per epoch (``logs.csv``, written by the built-in logs plugin
   on ``shrinkbench_epoch_end``), ``checkpoints/best.pt`` (the epoch of best validation
   top-1, when there is a validation split).
-* **Checkpoint / resume**: after every epoch, ``checkpoints/last.pt`` (model, optimizer,
-  LR schedule, epoch, best score, the callback's ``state_dict``) and then
-  ``checkpoints/progress.json`` (the stages measured so far, the log rows, the epoch, the
-  number of mask changes) are written atomically, in that order. A rerun finding both
-  resumes after that epoch: every epoch reseeds its data order and augmentation, so the
+* **Checkpoint / resume**: each epoch is committed in one atomic step,
+  ``checkpoints/last.pt``: model, optimizer, LR schedule, epoch, best score, the callback's
+  ``state_dict`` and the run's progress (the stages measured so far, the log rows, the
+  number of mask changes, the time of each phase). ``checkpoints/progress.json`` is a
+  readable copy of that progress written after it; on resume everything is derived from
+  ``last.pt`` (``progress.json`` and ``logs.csv`` are rewritten from it), so a kill at any
+  point resumes consistently. Every epoch reseeds its data order and augmentation, so the
   result equals an uninterrupted run's.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,25 +42,42 @@ Masks = dict[str, torch.Tensor]
 
 
 def saved_progress(run_dir: RunDirectory, during_training: bool) -> dict[str, Any] | None:
-    """``progress.json`` when the run can resume fine-tuning from ``last.pt``, else None."""
+    """The progress committed in ``last.pt`` when fine-tuning can resume from it, else None.
+
+    ``progress.json`` is rewritten from it (it may be one epoch behind after a kill).
+    """
     if not run_dir.last_checkpoint.is_file():
         return None
-    progress = read_json(run_dir.progress)
-    if progress and (run_dir.masks.is_file() or during_training):
-        return progress
-    return None
+    if not (run_dir.masks.is_file() or during_training):
+        return None
+    progress = _load_checkpoint(run_dir.last_checkpoint).get("progress")
+    if progress is None:  # a checkpoint from before progress was committed with it
+        progress = read_json(run_dir.progress)
+    if progress:
+        atomic_write_json(run_dir.progress, progress)
+    return progress or None
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"cannot resume from {path}: {type(error).__name__}: {str(error)[:200]}. "
+            "Rerun with --force to start the run again."
+        ) from None
 
 
 def restore_model(model: nn.Module, run_dir: RunDirectory) -> int:
     """Load ``last.pt``'s weights into ``model``; return the epochs it completed."""
     path = run_dir.last_checkpoint
+    state = _load_checkpoint(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         return int(state["epoch"])
     except Exception as error:
         raise CheckpointError(
-            f"cannot resume from {path}: {type(error).__name__}: {error}. "
+            f"cannot resume from {path}: {type(error).__name__}: {str(error)[:200]}. "
             "Rerun with --force to start the run again."
         ) from None
 
@@ -79,10 +99,10 @@ def finetune(
     best_score = float("-inf")
     state: dict[str, Any] = {}
     if start_epoch:
-        state = torch.load(run_dir.last_checkpoint, map_location="cpu", weights_only=True)
+        state = _load_checkpoint(run_dir.last_checkpoint)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        logs = read_json(run_dir.progress).get("logs", [])
+        logs = (state.get("progress") or read_json(run_dir.progress) or {}).get("logs", [])
         best_score = state.get("best_score", best_score)
     first_step = start_epoch * ctx.steps_per_epoch()
     changes.in_training = True
@@ -106,6 +126,7 @@ def finetune(
         row["epoch_seconds"] = seconds
         if callback is not None:
             row["compression"] = session.model_compression()
+            row.update(callback.epoch_logs())
         logs.append(row)
         checkpoint = {
             "model": model.state_dict(),
@@ -117,8 +138,9 @@ def finetune(
         if callback is not None:
             checkpoint["schedule_state"] = callback.state_dict()
             ctx.stages["schedule"].update(callback.record())
-        atomic_torch_save(checkpoint, run_dir.last_checkpoint)
-        write_progress(ctx, logs, epoch, changes.count)
+        checkpoint["progress"] = progress_of(ctx, logs, epoch, changes.count)
+        atomic_torch_save(checkpoint, run_dir.last_checkpoint)  # the epoch's commit
+        atomic_write_json(run_dir.progress, checkpoint["progress"])
         ctx.emit("shrinkbench_epoch_end", stage="finetune", epoch=epoch, logs=epoch_logs(row))
 
     def after_step(step: TrainingStep) -> None:
@@ -149,13 +171,18 @@ def finetune(
         masks = callback.masks
         ctx.stages["schedule"].update(callback.record())
     if config.epochs == 0 or not run_dir.last_checkpoint.is_file():
-        write_progress(ctx, logs, 0, changes.count)
+        atomic_write_json(run_dir.progress, progress_of(ctx, logs, 0, changes.count))
     return logs, masks
 
 
-def write_progress(ctx: RunContext, logs: list[dict[str, Any]], epoch: int, changes: int) -> None:
-    """``progress.json``: what a resumed run needs besides ``last.pt``."""
-    atomic_write_json(
-        ctx.run_dir.progress,
-        {"stages": ctx.stages, "logs": logs, "epoch": epoch, "pruning_steps": changes},
-    )
+def progress_of(
+    ctx: RunContext, logs: list[dict[str, Any]], epoch: int, changes: int
+) -> dict[str, Any]:
+    """What a resumed run needs besides the weights: stages, logs, mask changes, timings."""
+    return {
+        "stages": ctx.stages,
+        "logs": logs,
+        "epoch": epoch,
+        "pruning_steps": changes,
+        "timings": ctx.timer.snapshot(),
+    }
