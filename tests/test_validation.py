@@ -205,6 +205,17 @@ def test_a_sweep_file_is_reported_in_one_round_under_its_name(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_sweep_compression_no_model_reaches_is_refused_on_any_executor(
+    executor, tmp_path, capsys
+):
+    path = tmp_path / "study.toml"
+    path.write_text('compressions = [2, 1000000]\n[[strategies]]\nname = "GlobalMagWeight"\n')
+    code = main(["sweep", str(path), "--dry-run", "--executor", executor])
+    err = capsys.readouterr().err
+    assert code == 2 and "compressions[1]: 1e+06 cannot be reached by mlp" in err
+
+
 def test_a_sweep_with_only_component_problems_keeps_the_file_name(tmp_path, capsys):
     path = tmp_path / "study.toml"
     path.write_text('compressions = [2]\n[[strategies]]\nname = "NoSuchStrategy"\n')

@@ -109,12 +109,15 @@ def resolve_config(
     registry: Registry,
     check_environment: bool = False,
     provided: dict[str, ComponentSpec] | None = None,
+    check_compression: bool | None = None,
 ) -> ResolvedExperiment:
     """Validate names, factories and parameters of every component; one :class:`ConfigError`.
 
     ``check_environment`` also checks this machine (see :func:`environment_problems`);
     leave it off where the run happens elsewhere (a Ray cluster). ``provided`` holds specs
     of objects the caller passed (``"dataset"``, ``"model"``), used instead of a lookup.
+    ``check_compression`` (default: ``check_environment``) checks that the model can reach
+    the requested compression (:func:`compression_problem`).
     """
     problems: list[str] = []
     provided = provided or {}
@@ -177,9 +180,11 @@ def resolve_config(
         problems.append(f"calibration_batches: strategy {strategy.name} needs at least 1")
     if check_environment:
         problems.extend(environment_problems(config, dataset))
-        if dataset and model and not problems:
-            reach = compression_problem(ExperimentConfig.model_validate(data), dataset, model)
-            problems.extend([reach] if reach else [])
+    if check_compression is None:
+        check_compression = check_environment
+    if check_compression and dataset and model and not problems:
+        reach = compression_problem(ExperimentConfig.model_validate(data), dataset, model)
+        problems.extend([reach] if reach else [])
     if problems:
         raise ConfigError(problems)
     return ResolvedExperiment(
@@ -216,7 +221,9 @@ def validate_experiment(
     resolved = None
     if config is not None:
         try:
-            resolved = resolve_config(config, registry, check_environment=check_environment)
+            resolved = resolve_config(
+                config, registry, check_environment=check_environment, check_compression=True
+            )
         except ConfigError as error:
             found.extend(line for line in error.problems if line not in found)
     if found or resolved is None:
