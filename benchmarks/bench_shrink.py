@@ -163,6 +163,42 @@ def conv_throughput(model: nn.Module, batch: torch.Tensor, repeats: int) -> list
     return lines
 
 
+def onnxruntime_latencies(
+    models: list[nn.Module], batch: torch.Tensor, repeats: int, threads: int
+) -> list[float] | None:
+    """Seconds per forward of ``batch`` for each model exported to ONNX and run in ONNX
+    Runtime (CPU, ``threads`` intra-op threads): the minimum of ``repeats`` runs, models
+    timed in turns. None when onnx or onnxruntime is not installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    import io
+    import warnings
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    sessions = []
+    for model in models:
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), (batch,), buffer, dynamo=False,
+                              input_names=["input"], output_names=["output"])  # fmt: skip
+        sessions.append(onnxruntime.InferenceSession(
+            buffer.getvalue(), options, providers=["CPUExecutionProvider"]))  # fmt: skip
+    feed = {"input": batch.contiguous().numpy()}
+    best = [math.inf] * len(sessions)
+    for session in sessions:
+        session.run(None, feed)  # warm-up
+    for _ in range(repeats):
+        for index, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, feed)
+            best[index] = min(best[index], time.perf_counter() - start)
+    return best
+
+
 def build(name: str, size: int) -> tuple[nn.Module, tuple[int, int, int]]:
     if name == "resnet18":
         return torchvision.models.resnet18(weights=None), (3, size, size)
@@ -222,6 +258,11 @@ def main() -> None:
         help="also time each distinct convolution of the dense and shrunk models alone "
         "and print its throughput (GMAC/s): why shrunk/theory falls below 1",
     )
+    parser.add_argument(
+        "--no-onnx",
+        action="store_true",
+        help="skip the ONNX Runtime latencies of the dense and shrunk models",
+    )
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.processes > 1:
@@ -277,6 +318,10 @@ def main() -> None:
                 clock=time.process_time if args.clock == "cpu" else time.perf_counter,
             )
             ratio = report["shrunk_speedup"] / report["theoretical_speedup"]
+            ort = None if args.no_onnx else onnxruntime_latencies(
+                [model, result.model], batch, max(args.repeats, 5), args.threads
+            )
+            ort_speedup = ort[0] / ort[1] if ort else None
             if args.json:
                 print(
                     json.dumps(
@@ -288,6 +333,7 @@ def main() -> None:
                             "shrunk": report["shrunk_speedup"],
                             "masked": report["masked_speedup"],
                             "compression": result.compression,
+                            "ort_speedup": ort_speedup,
                         }
                     ),
                     flush=True,
@@ -300,7 +346,9 @@ def main() -> None:
                 f"{ratio:13.2f} {1e3 * report['dense_latency_s']:9.1f} "
                 f"{1e3 * report['shrunk_latency_s']:9.1f}  "
                 f"{'met' if ratio >= TARGET_RATIO else 'NOT met'} "
-                f"(pruned {fraction:.0%} of removable channels, {repeats} runs, "
+                + (f"| onnxruntime dense {1e3 * ort[0]:.1f} ms, shrunk {1e3 * ort[1]:.1f} ms, "
+                   f"speedup {ort_speedup:.2f}x " if ort else "")  # fmt: skip
+                + f"(pruned {fraction:.0%} of removable channels, {repeats} runs, "
                 f"{time.perf_counter() - start:.0f}s)",
                 flush=True,
             )
@@ -352,6 +400,12 @@ def across_processes(args: argparse.Namespace) -> None:
             f"{statistics.median(r['shrunk'] for r in found):6.2f}x  "
             f"{middle:.2f} [{ratios[0]:.2f}-{ratios[-1]:.2f}] "
             f"{'met' if middle >= TARGET_RATIO else 'NOT met'}"
+            + (
+                f"  onnxruntime shrunk speedup "
+                f"{statistics.median(r['ort_speedup'] for r in found):.2f}x"
+                if all(r.get("ort_speedup") for r in found)
+                else ""
+            )
         )
 
 
