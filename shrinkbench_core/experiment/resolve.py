@@ -213,16 +213,22 @@ def validate_experiment(
     """
     found = list(problems)
     config: ExperimentConfig | None
+    invalid: set[Any] = set()
     try:
         config = ExperimentConfig.model_validate(data)
     except ValidationError as error:
         found.extend(format_validation_error(error))
+        invalid = {item["loc"][0] for item in error.errors() if item["loc"]}
         config = salvage_config(data, error)
     resolved = None
     if config is not None:
         try:
             resolved = resolve_config(
-                config, registry, check_environment=check_environment, check_compression=True
+                config,
+                registry,
+                check_environment=check_environment,
+                # not for a default standing in for an invalid compression or prunable rule
+                check_compression=not invalid & {"compression", "prunable"},
             )
         except ConfigError as error:
             found.extend(line for line in error.problems if line not in found)
@@ -237,6 +243,11 @@ def environment_problems(config: ExperimentConfig, dataset: DatasetSpec | None) 
     device = device_problem(config.device)
     if device:
         problems.append(f"device: {device}")
+    if config.precision == "fp16" and not device and _device_type(config.device) != "cuda":
+        problems.append(
+            "precision: fp16 needs a CUDA device (a gradient scaler); this run uses the CPU. "
+            "Use -p precision=bf16 (works on CPU) or fp32"
+        )
     dense = config.dense
     if dense.source == "checkpoint" and dense.checkpoint:
         path = Path(dense.checkpoint).expanduser()
@@ -247,6 +258,15 @@ def environment_problems(config: ExperimentConfig, dataset: DatasetSpec | None) 
     if dataset is not None:
         problems.extend(dataset_problems(dataset, config.dataset.params))
     return problems
+
+
+def _device_type(device: str) -> str:
+    """``cuda`` or ``cpu`` (or ``mps``): what ``auto`` resolves to on this machine."""
+    if device != "auto":
+        return device.split(":")[0]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def device_problem(device: str) -> str | None:
