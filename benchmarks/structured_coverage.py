@@ -169,12 +169,13 @@ def peer(name: str, share: float = 0.5) -> dict[str, Any]:
     }
 
 
-def _child(function: str, name: str, memory_gb: float, queue: Any) -> None:
+def _child(function: Any, name: str, memory_gb: float, queue: Any) -> None:
     limit = int(memory_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     torch.set_num_threads(1)
     try:
-        queue.put(globals()[function](name))
+        target = globals()[function] if isinstance(function, str) else function
+        queue.put(target(name))
     except MemoryError:
         queue.put({"error": f"memory limit ({memory_gb:g} GB address space)"})
     except Exception as error:  # report any failure of either tool as a result
@@ -182,8 +183,9 @@ def _child(function: str, name: str, memory_gb: float, queue: Any) -> None:
         queue.put({"error": f"{type(error).__name__}: {message}"[:200]})
 
 
-def isolated(function: str, name: str, memory_gb: float, timeout: float) -> dict[str, Any]:
-    """Run ``function(name)`` in a forked child with a memory and a time limit."""
+def isolated(function: Any, name: str, memory_gb: float, timeout: float) -> dict[str, Any]:
+    """Run ``function(name)`` (a function or its name here) in a forked child with a memory
+    and a time limit."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     process = context.Process(target=_child, args=(function, name, memory_gb, queue))
