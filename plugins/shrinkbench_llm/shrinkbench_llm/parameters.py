@@ -111,7 +111,7 @@ class PerplexityParameters(_Strict):
         description="Sliding windows: advance by this many tokens, scoring only the new ones "
         "(default: non-overlapping windows, as the papers).",
     )
-    batch_size: int = Field(8, ge=1, description="Windows per forward pass.")
+    batch_size: int = Field(32, ge=1, description="Windows per forward pass.")
     max_windows: int | None = Field(
         None, ge=1, description="Evaluate only the first N windows (None: the whole split)."
     )
@@ -157,9 +157,14 @@ class LMStrategyParameters(_Strict):
         None, ge=1, description="Calibration tokens per window (None: the dataset's seqlen)."
     )
 
-    @field_validator("nm")
+    @field_validator("nm", mode="before")
     @classmethod
-    def _nm(cls, value: str | None) -> str | None:
+    def _nm(cls, value: object) -> str | None:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 60:
+            # `-p strategy.nm=2:4` reaches us as YAML 1.1's base-60 integer 2*60+4
+            value = f"{value // 60}:{value % 60}"
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"must look like 'N:M' (e.g. '2:4' or '4:8'), got {value!r}")
         parse_nm(value)
         return value
 

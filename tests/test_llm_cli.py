@@ -1,0 +1,71 @@
+"""The LM plugin through the real CLI: one tiny end-to-end run, bad input, lazy listing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("shrinkbench_llm")
+
+TINY = [
+    "--dataset", "tinyshakespeare", "--model", "tiny-gpt",
+    "-p", "dataset.seqlen=32", "-p", "dataset.train_tokens=4096",
+    "-p", "model.layers=2", "-p", "model.width=32", "-p", "model.heads=2",
+    "-p", "model.max_positions=32",
+    "-p", "dense.epochs=1", "-p", "dense.optimizer.name=adamw", "-p", "dense.optimizer.lr=0.003",
+    "-p", "finetune.epochs=0", "-p", "calibration_batches=1", "-p", "dataset.batch_size=16",
+    "-p", "metrics=[size,perplexity]", "-p", "device=cpu",
+]  # fmt: skip
+
+
+def run(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["shrinkbench-run", "--quiet", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+def test_sparsegpt_end_to_end_records_perplexity_and_sparsity(tmp_path):
+    result = run("--strategy", "SparseGPT", "--compression", "2", *TINY, "--output", "out",
+                 cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (metrics_file,) = (tmp_path / "out" / "runs").glob("*/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    dense = metrics["dense"]["perplexity"]
+    pruned = metrics["pruned"]["perplexity"]
+    assert dense["test_seqlen"] == 32 and dense["test_tokenizer"]["kind"] == "char"
+    assert 1 < dense["test_perplexity"] < 65  # better than uniform over 65 characters
+    assert pruned["test_perplexity"] != dense["test_perplexity"]
+    assert metrics["compression"]["achieved"] == pytest.approx(2.0, rel=1e-3)
+    size = metrics["pruned"]["size"]
+    # embeddings and the LM head stay dense, so the linear layers lose more than half
+    fixed = size["total_parameters"] - size["prunable_parameters"]
+    expected = 1 - (round(size["total_parameters"] / 2) - fixed) / size["prunable_parameters"]
+    assert size["pruned_fraction"] == pytest.approx(expected) and expected > 0.5
+
+
+def test_bad_input_is_one_screen_exit_2_before_anything_runs(tmp_path):
+    args = [a.replace("model.max_positions=32", "model.max_positions=16") for a in TINY]
+    result = run("--strategy", "WandaLM", *args, "--output", "out", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "max_positions 16" in result.stderr
+    assert not list((tmp_path / "out").glob("runs/*/metrics.json"))
+    result = run("--strategy", "WandaLM", *TINY, "-p", "strategy.nm=2:5", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "multiple of m=5" in result.stderr
+
+
+def test_listing_imports_neither_torch_modules_of_the_plugin_nor_transformers():
+    code = (
+        "import sys, shrinkbench_llm\n"
+        "specs = shrinkbench_llm.shrinkbench_register_strategies()\n"
+        "bad = [m for m in sys.modules if m.startswith(('transformers', 'datasets', "
+        "'shrinkbench_llm.strategies', 'shrinkbench_llm.models'))]\n"
+        "print(len(specs), bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "4 []"
