@@ -4,7 +4,8 @@ A :class:`RunContext` is built by :class:`~shrinkbench_core.experiment.runner.Ex
 and handed to every stage (dense, pruning schedule, fine-tuning, evaluation). It knows the
 resolved config, seeds, device, run directory and the run's event dispatcher, builds the
 data and the model, gives each training stage its seeded loaders, and collects what the
-stages produce: ``stages`` (the per-stage entries of ``metrics.json``) and ``timings``.
+stages produce: ``stages`` (the per-stage entries of ``metrics.json``) and the time of
+each phase (``timer``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from torch import nn
 
 from shrinkbench_core.config import SeedConfig
 from shrinkbench_core.data import DataSplits
+from shrinkbench_core.experiment.distributed import in_process_group, sharded_loader
 from shrinkbench_core.experiment.evaluation import evaluate_stage
+from shrinkbench_core.experiment.precision import to_channels_last
 from shrinkbench_core.experiment.resolve import ResolvedExperiment
 from shrinkbench_core.experiment.rundir import RunDirectory
+from shrinkbench_core.experiment.timing import PhaseTimer
 from shrinkbench_core.experiment.training import seeded_loader
 from shrinkbench_core.metrics import MetricContext
 
@@ -71,7 +75,7 @@ class RunContext:
     splits: DataSplits | None = None
     dense_model: nn.Module | None = None  # kept to time dense vs pruned side by side
     stages: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
 
     def __post_init__(self) -> None:
         self.config = self.resolved.config
@@ -131,6 +135,13 @@ class RunContext:
         """
         offset = seed_offset(stage)
         torch.manual_seed(self.seeds.augmentation + offset + epoch)
+        if in_process_group():  # torchrun: this rank's shard of each global batch
+            return sharded_loader(
+                self.data().train,
+                self.config.dataset.batch_size,
+                self.config.dataset.workers,
+                self.seeds.data_order + offset + epoch,
+            )
         return seeded_loader(
             self.data().train,
             self.config.dataset.batch_size,
@@ -144,6 +155,10 @@ class RunContext:
         count = self.config.calibration_batches if self.resolved.strategy.needs_data else 0
         if count == 0:
             return []
+        with self.timer.phase("calibration"):
+            return self._draw_calibration(count)
+
+    def _draw_calibration(self, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         loader = seeded_loader(
             self.data().train_eval,
             self.config.dataset.batch_size,
@@ -162,7 +177,8 @@ class RunContext:
     def build_model(self, pretrained: bool = True) -> nn.Module:
         """A fresh model with its initial weights (the init seed; pretrained when asked)."""
         if self.user_model is not None:
-            return copy.deepcopy(self.user_model).to(self.device)
+            model = copy.deepcopy(self.user_model).to(self.device)
+            return to_channels_last(model) if self.config.channels_last else model
         spec, config = self.resolved.model, self.config.model
         params = dict(config.params)
         if pretrained and self.config.dense.source == "pretrained":
@@ -173,7 +189,8 @@ class RunContext:
             num_classes=self.num_classes(),
             input_shape=self.input_shape(),
         )
-        return model.to(self.device)
+        model = model.to(self.device)
+        return to_channels_last(model) if self.config.channels_last else model
 
     # -- evaluation ------------------------------------------------------------
     def metric_context(
@@ -203,9 +220,9 @@ class RunContext:
         """Every configured metric at one stage (only accuracy when asked)."""
         context = self.metric_context(model, masks, prunable, stage)
         specs = [m for m in self.resolved.metrics if not accuracy_only or m.name == "accuracy"]
-        return evaluate_stage(
-            context, specs, quiet=self.quiet, params=self.resolved.config.metric_params()
-        )
+        params = self.config.metric_params()
+        with self.timer.phase("evaluate"):
+            return evaluate_stage(context, specs, quiet=self.quiet, params=params)
 
     def emit(self, hook_name: str, **kwargs: Any) -> None:
         """Announce a run event to the lifecycle hooks (see :mod:`shrinkbench_core.lifecycle`)."""

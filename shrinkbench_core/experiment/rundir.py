@@ -4,15 +4,26 @@ Layout: ``config.json``, ``status.json``, ``metrics.json`` (written once, when
 the run completes), ``logs.csv``, ``masks.pt``, ``masks_summary.csv``,
 ``checkpoints/`` (``last.pt``, ``best.pt``, ``progress.json``) and ``model.pt``
 (the final weights). Every file is written atomically; a run is complete only
-when ``status.json`` says so.
+when ``status.json`` says so and ``metrics.json`` is there and readable.
+
+One process writes a run directory at a time: :meth:`RunDirectory.lock` holds an exclusive
+``fcntl`` lock on ``<output>/.locks/<name>.lock`` for the run's lifetime (the OS releases it
+when the process dies, however it dies); a second writer is told which process holds it.
+Redoing a complete run (``--force``) first moves it to ``<output>/.replaced/<name>``: it is
+deleted only when the new run completes, and put back when the new run fails.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import os
 import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +31,10 @@ from shrinkbench_core.errors import UserError
 from shrinkbench_core.experiment.atomic import atomic_write_json, atomic_write_text, read_json
 
 COMPLETE, RUNNING, INTERRUPTED, FAILED = "complete", "running", "interrupted", "failed"
+
+
+class RunBusyError(UserError):
+    """Another process is writing this run directory."""
 
 
 class RunDirectory:
@@ -38,6 +53,9 @@ class RunDirectory:
         self.best_checkpoint = self.checkpoints / "best.pt"
         self.progress = self.checkpoints / "progress.json"
         self.model = self.path / "model.pt"
+        root = self.path.parent.parent
+        self.lock_file = root / ".locks" / f"{self.path.name}.lock"
+        self.backup = root / ".replaced" / self.path.name
 
     def prepare(self) -> None:
         """Create the directory, failing clearly when it cannot be written."""
@@ -65,8 +83,72 @@ class RunDirectory:
 
     @property
     def is_complete(self) -> bool:
-        """Whether the run finished and its metrics were written."""
-        return self.status().get("status") == COMPLETE and self.metrics.is_file()
+        """Whether the run finished: status ``complete`` and a readable ``metrics.json``."""
+        if self.status().get("status") != COMPLETE:
+            return False
+        try:
+            return isinstance(read_json(self.metrics), dict)
+        except ValueError:
+            return False
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this run's writer lock; :class:`RunBusyError` when another process has it."""
+        try:
+            self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.lock_file, "a+")  # noqa: SIM115 - closed below
+        except OSError as error:
+            raise UserError(
+                f"cannot write to the output directory {self.lock_file.parent.parent}: "
+                f"{error.strerror or error}. Choose another with --output."
+            ) from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RunBusyError(
+                    f"run {self.path} is being written by {holder}; wait for it to end (or "
+                    "stop it), then rerun to resume or report it"
+                ) from None
+            try:
+                handle.seek(0)
+                handle.truncate()
+                started = time.strftime("%Y-%m-%d %H:%M:%S")
+                handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+                handle.flush()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def set_aside(self) -> None:
+        """Before redoing the run from scratch: keep a complete run in :attr:`backup`.
+
+        A backup left by an earlier attempt that never completed is kept (it is the last
+        complete result); an incomplete run directory is simply removed.
+        """
+        if self.backup.exists() or not self.is_complete:
+            self.clear()
+            return
+        self.backup.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, self.backup)
+
+    def recover(self) -> None:
+        """Put back a complete run set aside by a redo that never got to create the new one."""
+        if self.backup.exists() and not self.path.exists():
+            os.replace(self.backup, self.path)
+
+    def settle(self, status: str) -> None:
+        """After a redo ended with ``status``: drop the backup when the new run completed,
+        restore it over a failed one; an interrupted one keeps both (rerun to resume)."""
+        if not self.backup.exists():
+            return
+        if status == COMPLETE:
+            shutil.rmtree(self.backup)
+        elif status == FAILED:
+            self.clear()
+            os.replace(self.backup, self.path)
 
     def set_status(self, status: str, **details: Any) -> None:
         """Record the run's status atomically."""

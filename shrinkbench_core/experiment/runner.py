@@ -18,7 +18,10 @@ pruning step): ``logs.csv`` and the trackers are plugins on them.
 from __future__ import annotations
 
 import copy
-import time
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from torch import nn
 from shrinkbench_core.data import DataSplits
 from shrinkbench_core.experiment.atomic import atomic_write_json, read_json
 from shrinkbench_core.experiment.context import RunContext, pick_device, seed_offset
+from shrinkbench_core.experiment.distributed import distributed_record
 from shrinkbench_core.experiment.naming import run_name
 from shrinkbench_core.experiment.provenance import versions
 from shrinkbench_core.experiment.resolve import ResolvedExperiment
@@ -46,6 +50,8 @@ from shrinkbench_core.experiment.stages.pruning import (
     schedule_record,
     write_masks,
 )
+from shrinkbench_core.experiment.timing import PhaseTimer
+from shrinkbench_core.experiment.train_options import options_for, training_options
 from shrinkbench_core.lifecycle import RunEvents, RunInfo
 from shrinkbench_core.pruning import (
     compression_budget,
@@ -124,10 +130,16 @@ class Experiment:
 
     # -- entry point --------------------------------------------------------------
     def run(self, force: bool = False) -> RunResult:
-        """Run (or resume) the experiment; a completed run is only reported."""
-        if self.run_dir.is_complete and not force:
-            metrics = read_json(self.run_dir.metrics)
-            return RunResult(self.run_dir.path, metrics, already_complete=True)
+        """Run (or resume) the experiment; a completed run is only reported.
+
+        One process at a time writes a run directory (a second one gets
+        :class:`~shrinkbench_core.experiment.rundir.RunBusyError`). SIGTERM is handled like
+        Ctrl-C: the run is marked interrupted and resumes when rerun. ``force`` redoes a
+        complete run, keeping the old one until the new one completes.
+        """
+        run_dir = self.run_dir
+        if run_dir.is_complete and not force:
+            return RunResult(run_dir.path, read_json(run_dir.metrics), already_complete=True)
         registry = self.registry
         if registry is None:
             from shrinkbench_core.registry import get_registry
@@ -135,31 +147,38 @@ class Experiment:
             registry = get_registry()
         trackers = tracker_plugins(self.config, registry)  # problems surface before any file
         schedule = build_schedule(self.context)
-        progress = self._prepare(force, schedule)
-        with RunEvents(registry.manager, self._info(progress), plugins=trackers) as events:
-            self.context.events = events
-            events.emit("shrinkbench_run_start")
-            try:
-                result = self._run(schedule, progress)
-            except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or a worker told to stop
-                self._end(events, INTERRUPTED, error="interrupted")
-                raise
-            except BaseException as error:
-                self._end(events, FAILED, error=f"{type(error).__name__}: {error}")
-                raise
-            self._end(events, COMPLETE, metrics=result.metrics)
+        with run_dir.lock(), sigterm_as_interrupt():
+            run_dir.recover()
+            if run_dir.is_complete and not force:
+                metrics = read_json(run_dir.metrics)
+                return RunResult(run_dir.path, metrics, already_complete=True)
+            if force:
+                run_dir.set_aside()
+            progress = self._prepare(schedule)
+            with RunEvents(registry.manager, self._info(progress), plugins=trackers) as events:
+                self.context.events = events
+                events.emit("shrinkbench_run_start")
+                try:
+                    with training_options(options_for(self.config)):  # precision, DDP
+                        result = self._run(schedule, progress)
+                except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, a worker told to stop
+                    self._end(events, INTERRUPTED, error="interrupted")
+                    raise
+                except BaseException as error:
+                    self._end(events, FAILED, error=f"{type(error).__name__}: {error}")
+                    raise
+                self._end(events, COMPLETE, metrics=result.metrics)
         return result
 
-    def _prepare(self, force: bool, schedule: Schedule) -> dict[str, Any] | None:
+    def _prepare(self, schedule: Schedule) -> dict[str, Any] | None:
         """Create the run directory and ``config.json``; the progress to resume from, if any."""
         run_dir = self.run_dir
-        if force:
-            run_dir.clear()
         run_dir.prepare()
         record = {"digest": self.config.digest(), "config": self.config.model_dump(mode="json")}
         record.update(seeds=self.seeds.model_dump(), versions=versions(self.resolved))
         if self.provenance:
             record["user_objects"] = self.provenance
+        record["distributed"] = distributed_record()  # world_size, backend
         atomic_write_json(run_dir.config, record)
         run_dir.set_status(RUNNING)
         return saved_progress(run_dir, schedule.during_training)
@@ -167,32 +186,39 @@ class Experiment:
     def _info(self, progress: dict[str, Any] | None) -> RunInfo:
         path = self.run_dir.path
         config = self.config.model_dump(mode="json")
-        return RunInfo(path, path.name, self.config.digest(), config, resumed=bool(progress),
-                       extra={"quiet": self.context.quiet})
+        return RunInfo(
+            path,
+            path.name,
+            self.config.digest(),
+            config,
+            resumed=bool(progress),
+            extra={"quiet": self.context.quiet},
+        )
 
     def _end(
         self, events: RunEvents, status: str, metrics: dict | None = None, error: str | None = None
     ) -> None:
-        """Record the final status, then announce it."""
+        """Record the final status (the commit of a complete run), settle a redo, announce."""
         if status == INTERRUPTED:
             self.run_dir.set_status(status, message="interrupted; rerun the same command to resume")
         elif status == FAILED:
             self.run_dir.set_status(status, error=error)
         else:
             self.run_dir.set_status(status)
+        self.run_dir.settle(status)
         first_line = error.splitlines()[0] if error else None
         events.emit("shrinkbench_run_end", status=status, metrics=metrics, error=first_line)
 
     # -- the pipeline -------------------------------------------------------------
     def _run(self, schedule: Schedule, progress: dict[str, Any] | None) -> RunResult:
         ctx, config = self.context, self.config
-        started = time.perf_counter()
+        ctx.timer = timer = PhaseTimer((progress or {}).get("timings"))  # summed over segments
+        if progress:
+            ctx.stages = progress["stages"]
         model = ctx.build_model()
         classifier = self.resolved.model.classifier or find_classifier(model, ctx.example_input())
         prunable = prunable_parameters(model, config.prunable, classifier)
         compression_budget(model, prunable, config.compression)  # fail fast if unreachable
-        if progress:
-            ctx.stages = progress["stages"]
         changes = MaskChanges(ctx, model, prunable, done=(progress or {}).get("pruning_steps", 0))
         point = schedule.rewind_point()
         rewinder = Rewinder(*point) if point and not progress else None
@@ -200,20 +226,19 @@ class Experiment:
         schedule_record(ctx, schedule, session)  # checked against the data before training
 
         resumed_from = None
-        if progress:  # fine-tuning had checkpointed an epoch: continue after it
+        if progress:  # fine-tuning had committed an epoch: continue after it
             masks = {} if schedule.during_training else load_masks(self.run_dir.masks, model)
             start_epoch = resumed_from = restore_model(model, self.run_dir)
-            ctx.dense_model = ctx.build_model()
-            obtain_dense(ctx, ctx.dense_model)
+            with timer.phase("dense"):  # the dense model, to time dense vs pruned
+                ctx.dense_model = ctx.build_model()
+                obtain_dense(ctx, ctx.dense_model)
         else:
-            phase = time.perf_counter()
-            ctx.stages["dense_source"] = obtain_dense(ctx, model, rewinder)
-            ctx.dense_model = copy.deepcopy(model)
-            ctx.timings["dense"] = time.perf_counter() - phase
+            with timer.phase("dense"):
+                ctx.stages["dense_source"] = obtain_dense(ctx, model, rewinder)
+                ctx.dense_model = copy.deepcopy(model)
             measure(ctx, "dense", model, {}, prunable)
-            phase = time.perf_counter()
-            masks = run_pruning(ctx, schedule, session)
-            ctx.timings["prune"] = time.perf_counter() - phase
+            with timer.phase("prune"):
+                masks = run_pruning(ctx, schedule, session)
             if (
                 not schedule.during_training
                 or masks
@@ -222,12 +247,31 @@ class Experiment:
                 measure(ctx, "pruned", model, masks, prunable)
             start_epoch = 0
 
-        phase = time.perf_counter()
-        logs, masks = finetune(ctx, model, masks, schedule, session, changes, start_epoch)
-        ctx.timings["finetune"] = time.perf_counter() - phase
+        with timer.phase("finetune"):
+            logs, masks = finetune(ctx, model, masks, schedule, session, changes, start_epoch)
         if schedule.during_training:
             write_masks(ctx, masks)
-        metrics = finish(ctx, model, masks, prunable, logs, started)
+        metrics = finish(ctx, model, masks, prunable, logs)
         return RunResult(
-            self.run_dir.path, metrics, resumed_from_epoch=resumed_from, timings=ctx.timings
+            self.run_dir.path,
+            metrics,
+            resumed_from_epoch=resumed_from,
+            timings=metrics["timings_seconds"],
         )
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (``timeout``, Slurm, Kubernetes) raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

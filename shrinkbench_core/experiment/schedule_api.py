@@ -138,8 +138,9 @@ class TrainingCallback:
     """A schedule's part in fine-tuning, created by :meth:`Schedule.training_callback`.
 
     The runner calls :meth:`start` once before the first optimizer step, :meth:`after_step`
-    after every optimizer step, then :meth:`close`. Between epochs it checkpoints
-    :meth:`state_dict` and stores :meth:`record` in the schedule's ``metrics.json`` entry;
+    after every optimizer step, then :meth:`close`. After each epoch it adds
+    :meth:`epoch_logs` to the epoch's log row, checkpoints :meth:`state_dict` and stores
+    :meth:`record` in the schedule's ``metrics.json`` entry;
     on resume :meth:`start` receives the saved state. ``masks`` are the masks now in force;
     they are saved as ``masks.pt`` when the run ends.
     """
@@ -159,6 +160,10 @@ class TrainingCallback:
 
     def record(self) -> dict[str, Any]:
         """JSON-friendly facts merged into the schedule's ``metrics.json`` entry."""
+        return {}
+
+    def epoch_logs(self) -> dict[str, Any]:
+        """Columns added to this epoch's ``logs.csv`` row (e.g. masks changed this epoch)."""
         return {}
 
     def close(self) -> None:

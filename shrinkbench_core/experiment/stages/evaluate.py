@@ -7,14 +7,13 @@ Contract:
   ``shrinkbench_stage_end``. Measured stages are saved with fine-tuning's progress, so
   a resumed run never measures them again.
 * :func:`finish` measures the fine-tuned model and the best-validation epoch, saves
-  ``model.pt`` and writes ``metrics.json`` last: a run directory with ``metrics.json``
-  (and a ``complete`` status) holds every result.
+  ``model.pt`` and writes ``metrics.json`` (with the time of each phase, summed over
+  resumed segments). The run is complete once ``status.json`` says so, written after.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any
 
 import torch
@@ -36,9 +35,7 @@ def measure(
     accuracy_only: bool = False,
 ) -> dict[str, Any]:
     """Every configured metric of ``model`` at ``stage``, recorded and announced."""
-    started = time.perf_counter()
     result = ctx.evaluate(model, masks, prunable, stage, accuracy_only=accuracy_only)
-    ctx.timings["evaluate"] = ctx.timings.get("evaluate", 0.0) + time.perf_counter() - started
     ctx.stages[stage] = result
     ctx.emit("shrinkbench_stage_end", stage=stage, metrics=result)
     return result
@@ -52,29 +49,18 @@ def measure_best(ctx: RunContext, model: nn.Module, masks: Masks, prunable: list
     best = torch.load(path, map_location="cpu", weights_only=True)
     best_model = copy.deepcopy(model)
     best_model.load_state_dict(best["model"])
-    started = time.perf_counter()
     result = ctx.evaluate(best_model, masks, prunable, "best_validation", accuracy_only=True)
-    ctx.timings["evaluate"] = ctx.timings.get("evaluate", 0.0) + time.perf_counter() - started
     ctx.stages["best_validation"] = {"epoch": best["epoch"], **result}
     ctx.emit("shrinkbench_stage_end", stage="best", metrics=ctx.stages["best_validation"])
 
 
 def finish(
-    ctx: RunContext,
-    model: nn.Module,
-    masks: Masks,
-    prunable: list[str],
-    logs: list[dict],
-    started: float,
+    ctx: RunContext, model: nn.Module, masks: Masks, prunable: list[str], logs: list[dict]
 ) -> dict[str, Any]:
-    """Measure the fine-tuned model, save ``model.pt``, write and return ``metrics.json``.
-
-    ``started`` is the ``time.perf_counter()`` at which the run began (for ``total``).
-    """
+    """Measure the fine-tuned model, save ``model.pt``, write and return ``metrics.json``."""
     measure(ctx, "finetuned", model, masks, prunable)
     measure_best(ctx, model, masks, prunable)
     atomic_torch_save(model.state_dict(), ctx.run_dir.model)
-    ctx.timings["total"] = time.perf_counter() - started
     metrics = summarize(ctx, logs)
     atomic_write_json(ctx.run_dir.metrics, metrics)
     return metrics
@@ -96,5 +82,5 @@ def summarize(ctx: RunContext, logs: list[dict[str, Any]]) -> dict[str, Any]:
         "schedule": stages.get("schedule"),
         **{stage: value for stage, value in stages.items() if stage != "schedule"},
         "epochs": len(logs),
-        "timings_seconds": dict(ctx.timings),
+        "timings_seconds": ctx.timer.snapshot(),
     }
