@@ -236,6 +236,16 @@ def test_cuda_without_cuda_is_a_validation_error(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_cuda_index_beyond_the_devices_is_a_validation_error(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    code, err = run(capsys, "--device", "cuda:2", "--output", str(tmp_path / "out"))
+    assert code == 2
+    assert err[1].strip() == "device: 'cuda:2' does not exist: this machine has 2 CUDA device(s)"
+
+
 def test_a_device_that_is_not_one_is_rejected(tmp_path, capsys):
     code, err = run(capsys, "--device", "cudax", "--output", str(tmp_path / "out"))
     assert code == 2 and "device: 'cudax' is not a device" in err[1]
@@ -350,6 +360,18 @@ def test_values_at_the_edges_are_clear_errors(argv, expected, tmp_path, capsys):
     assert code == 2
     assert any(line.strip().startswith(expected) for line in err), err
     assert not any("Traceback" in line for line in err)
+
+
+def test_flags_override_the_config_file(tmp_path):
+    from shrinkbench_core.cli import build_parser, experiment_config_from_args
+
+    path = tmp_path / "exp.toml"
+    path.write_text('compression = 8\n[strategy]\nname = "LayerMagWeight"\n')
+    args = build_parser().parse_args(
+        ["run", "--config", str(path), "--compression", "2", "-p", "strategy.name=RandomPruning"]
+    )
+    config = experiment_config_from_args(args)
+    assert (config.compression, config.strategy.name) == (2, "RandomPruning")
 
 
 def test_the_same_value_given_twice_is_not_a_conflict(tmp_path, capsys):
