@@ -164,6 +164,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="data root for datasets that read files")
     parser.add_argument("--seed", type=int, help="experiment seed (default 0)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        help="train with N data-parallel processes: relaunches the command under torchrun "
+        "(at most the CPU cores, or the GPUs on CUDA)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--force", action="store_true", help="redo a completed run from scratch")
     parser.add_argument("--json", action="store_true", help="print metrics.json instead of a table")
@@ -230,10 +236,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(format_resolved_config(resolved))
         return 0
+    from shrinkbench_core.experiment import distributed
     from shrinkbench_core.experiment.runner import Experiment
     from shrinkbench_core.experiment.summary import summary_table
 
-    experiment = Experiment(resolved, quiet=args.quiet)
+    if getattr(args, "nproc", None):  # relaunch this command under torchrun
+        run_args = distributed.strip_nproc(sys.argv[1:])
+        return distributed.launch_torchrun(args.nproc, resolved.config.device, run_args)
+    resolved, writer = distributed.join_run(resolved)  # torchrun: rank 0 writes the results
+    experiment = Experiment(resolved, quiet=args.quiet or not writer)
     try:
         result = experiment.run(force=args.force)
     except KeyboardInterrupt:
@@ -243,6 +254,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    if not writer:
+        return 0
     if args.json:
         print(json.dumps(result.metrics, indent=2))
         return 0

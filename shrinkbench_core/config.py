@@ -235,6 +235,14 @@ class ExperimentConfig(_Strict):
     device: str = Field(
         "auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'..."
     )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Training arithmetic: fp32, bf16 (autocast, CPU or CUDA) or fp16 "
+        "(autocast with a gradient scaler, CUDA only); weights stay fp32.",
+    )
+    channels_last: bool = Field(
+        False, description="Train in channels-last (NHWC) memory layout (4-d models and inputs)."
+    )
     output: str = Field("results", description="Root folder of run directories.")
     trackers: list[TrackerConfig] = Field(
         default_factory=list,
@@ -281,6 +289,7 @@ class ExperimentConfig(_Strict):
         unset ``schedule.params`` (only plugin schedules have params).
         """
         exclude: dict[str, Any] = {"output": True, "trackers": True}  # trackers only observe
+        exclude.update(self._default_training_mode())
         if self.schedule == ScheduleConfig():
             exclude["schedule"] = True
         elif self.schedule.params is None:
@@ -289,9 +298,17 @@ class ExperimentConfig(_Strict):
             self.model_dump(mode="json", exclude=exclude, context={"all_fields": True})
         )
 
+    def _default_training_mode(self) -> dict[str, bool]:
+        """``precision`` / ``channels_last`` left out of digests at their defaults, so runs
+        keep the digests they had before these fields existed."""
+        defaults = {"precision": "fp32", "channels_last": False}
+        return {name: True for name, value in defaults.items() if getattr(self, name) == value}
+
     def dense_digest(self) -> str:
         """Hash of what determines the dense model: data, model, dense training, init seeds."""
         data = self.model_dump(mode="json", context={"all_fields": True})
+        mode = {name: data[name] for name in ("precision", "channels_last")
+                if name not in self._default_training_mode()}
         dataset = {
             k: v for k, v in data["dataset"].items() if k not in ("eval_batch_size", "workers")
         }
@@ -307,6 +324,7 @@ class ExperimentConfig(_Strict):
                     "augmentation": seeds.augmentation,
                 },
                 "device_type": self.device,
+                **mode,
             }
         )
 

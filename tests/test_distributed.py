@@ -69,7 +69,7 @@ def test_two_gloo_processes_agree_on_masks_and_keep_zeros_through_ddp_steps(tmp_
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert [r["context"] for r in ranks] == [
-        DistributedContext(0, 2, 0, "gloo"), DistributedContext(1, 2, 1, "gloo")
+        DistributedContext(0, 2, 0, "gloo", True), DistributedContext(1, 2, 1, "gloo", True)
     ]
     assert [r["writer"] for r in ranks] == [True, False]
     first, second = ranks
@@ -85,7 +85,7 @@ def test_two_gloo_processes_agree_on_masks_and_keep_zeros_through_ddp_steps(tmp_
 
 
 def test_single_process_helpers_are_no_ops(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # not started by torchrun
         monkeypatch.delenv(key, raising=False)
     context = init_distributed("cpu")
     assert context == DistributedContext() and not context.enabled and is_writer()
@@ -107,8 +107,9 @@ def test_sampler_order_follows_the_data_seed_and_epoch():
 
 def test_environment_and_nproc_checks():
     assert context_from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (
-        DistributedContext(1, 4, 1)
+        DistributedContext(1, 4, 1, launched=True)
     )
+    assert not context_from_env({}).launched
     with pytest.raises(UserError, match="invalid torchrun environment"):
         context_from_env({"RANK": "4", "WORLD_SIZE": "4"})
     with pytest.raises(UserError, match="must be integers"):

@@ -12,6 +12,7 @@ data seed (call ``set_epoch`` every epoch, as for any resumable order).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class DistributedContext:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    launched: bool = False  # started by torchrun (WORLD_SIZE set), even with one process
 
     @property
     def enabled(self) -> bool:
@@ -72,16 +74,18 @@ def context_from_env(environ: Mapping[str, str] | None = None) -> DistributedCon
         raise UserError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers: {error}") from None
     if world_size < 1 or not 0 <= rank < world_size:
         raise UserError(f"invalid torchrun environment: RANK={rank}, WORLD_SIZE={world_size}")
-    return DistributedContext(rank, world_size, local_rank)
+    return DistributedContext(rank, world_size, local_rank, launched="WORLD_SIZE" in environ)
 
 
 def init_distributed(device: torch.device | str = "cpu") -> DistributedContext:
-    """Join the process group torchrun described (no-op for a single process).
+    """Join the process group torchrun described (no-op without torchrun).
 
-    Uses ``nccl`` on CUDA (and selects the GPU ``LOCAL_RANK``), ``gloo`` otherwise.
+    Uses ``nccl`` on CUDA (and selects the GPU ``LOCAL_RANK``), ``gloo`` otherwise. Under
+    torchrun a group is formed even for one process, so that ``--nproc_per_node 1`` reads
+    its data in the same order as N processes do together (see :func:`sharded_loader`).
     """
     context = context_from_env()
-    if not context.enabled:
+    if not context.launched:
         return context
     device = torch.device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -90,7 +94,7 @@ def init_distributed(device: torch.device | str = "cpu") -> DistributedContext:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return DistributedContext(
-        context.rank, context.world_size, context.local_rank, dist.get_backend()
+        context.rank, context.world_size, context.local_rank, dist.get_backend(), True
     )
 
 
@@ -195,3 +199,113 @@ def torchrun_command(nproc: int, run_args: Sequence[str]) -> list[str]:
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "shrinkbench_core.cli", "run", *run_args,
     ]
+
+
+def distributed_record() -> dict[str, Any]:
+    """``{"world_size", "backend"}`` of this process (1 and ``None`` outside a group)."""
+    if dist.is_available() and dist.is_initialized():
+        return {"world_size": dist.get_world_size(), "backend": dist.get_backend()}
+    return {"world_size": 1, "backend": None}
+
+
+def in_process_group() -> bool:
+    """Whether this process joined a process group (torchrun, any number of processes)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """Processes training together (1 outside a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sharded_loader(
+    dataset: Dataset, global_batch: int, workers: int, seed: int
+) -> torch.utils.data.DataLoader:
+    """This rank's part of an epoch: ``global_batch / world_size`` examples per step.
+
+    The order is a :class:`DistributedSampler`'s permutation seeded by ``seed``; rank r
+    reads positions r, r + W, ... of it, so the W ranks' k-th batches together are the
+    k-th ``global_batch`` examples of the permutation, the same global batch that one
+    process (W = 1) reads.
+    """
+    ranks = world_size()
+    if global_batch % ranks:
+        raise UserError(
+            f"dataset.batch_size: {global_batch} (the global batch) must be divisible by the "
+            f"{ranks} processes; use a multiple of {ranks}"
+        )
+    sampler = distributed_sampler(dataset, seed, shuffle=True,
+                                  context=DistributedContext(dist.get_rank() if ranks > 1 else 0,
+                                                             ranks))
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=global_batch // ranks, sampler=sampler, num_workers=workers
+    )
+
+
+def join_run(resolved: Any) -> tuple[Any, bool]:
+    """Join torchrun's process group for one run; return the run to execute and whether
+    this process writes the results (rank 0, or no torchrun).
+
+    Ranks other than 0 run the same experiment in lockstep (every DDP step is collective)
+    but into a private temporary output folder, removed at exit, seeded with a copy of
+    rank 0's run directory and dense cache entry, so that a resumed run resumes on every
+    rank from the same checkpoint. Only rank 0's files are results
+    (``SHRINKBENCH_RANK_OUTPUT=DIR`` keeps rank k's files in ``DIR/rank<k>``, for inspection).
+    """
+    import atexit
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from shrinkbench_core.experiment.naming import run_name
+
+    config = resolved.config
+    device = config.device if config.device != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    context = init_distributed(device)
+    if not context.launched:
+        return resolved, True
+    atexit.register(destroy_distributed)
+    if context.rank != 0:
+        output = Path(config.output)
+        keep = os.environ.get("SHRINKBENCH_RANK_OUTPUT")  # keep the other ranks' files
+        if keep:
+            private = Path(keep) / f"rank{context.rank}"
+            shutil.rmtree(private, ignore_errors=True)
+            private.mkdir(parents=True)
+        else:
+            private = Path(tempfile.mkdtemp(prefix=f"shrinkbench-rank{context.rank}-"))
+            atexit.register(shutil.rmtree, private, True)
+        for part in (Path("runs") / run_name(resolved), Path("dense") / config.dense_digest()[:16]):
+            if (output / part).is_dir():
+                shutil.copytree(output / part, private / part)
+        resolved = dataclasses.replace(
+            resolved, config=config.model_copy(update={"output": str(private)})
+        )
+    dist.barrier()  # rank 0 writes nothing before the others copied its previous state
+    return resolved, context.rank == 0
+
+
+def launch_torchrun(nproc: int, device: str, run_args: Sequence[str]) -> int:
+    """``shrinkbench-run --nproc N ...``: run the same command under torchrun; its exit code."""
+    import subprocess
+
+    check_nproc(nproc, device)
+    return subprocess.call(torchrun_command(nproc, run_args))
+
+
+def strip_nproc(argv: Sequence[str]) -> list[str]:
+    """The run's command-line arguments without ``--nproc N`` (and a leading ``run``)."""
+    args = list(argv)
+    if args and args[0] == "run":
+        args = args[1:]
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from shrinkbench_core.config import OptimizerConfig, TrainingConfig
 from shrinkbench_core.experiment.progress import progress
+from shrinkbench_core.experiment.train_options import current_training_options
 
 IGNORE_INDEX = -100
 
@@ -102,16 +103,18 @@ def train_epoch(
     detached loss (e.g. to record weights for rewinding or to change the masks).
     """
     model.train()
+    options = current_training_options()  # precision, channels-last, DDP (train_options.py)
+    forward = options.forward_module(model, device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = torch.zeros((), dtype=torch.int64, device=device)
     for inputs, targets in progress(loader, description, quiet):
-        inputs, targets = inputs.to(device), targets.to(device)
+        inputs, targets = options.inputs(inputs.to(device)), targets.to(device)
         optimizer.zero_grad(set_to_none=True)
-        scores, labels = scores_and_labels(model(inputs), targets)
-        loss = nn.functional.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX)
-        loss.backward()
-        optimizer.step()
+        with options.autocast(device):
+            scores, labels = scores_and_labels(forward(inputs), targets)
+            loss = nn.functional.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX)
+        options.step(loss, optimizer, device)
         loss = loss.detach()
         if on_step is not None:
             on_step(loss)

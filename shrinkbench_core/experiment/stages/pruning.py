@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from shrinkbench_core.experiment.context import RunContext
+from shrinkbench_core.experiment.distributed import broadcast_masks, world_size
 from shrinkbench_core.experiment.events import epoch_logs
 from shrinkbench_core.experiment.schedule_api import Schedule, ScheduleSession
 from shrinkbench_core.experiment.schedules import Rewinder
@@ -213,6 +214,9 @@ def write_masks(ctx: RunContext, masks: Masks) -> None:
 def run_pruning(ctx: RunContext, schedule: Schedule, session: ScheduleSession) -> Masks:
     """The schedule's pruning before fine-tuning; masks saved when there are any."""
     masks = schedule.prune(session)
+    if world_size() > 1:  # DDP: every rank holds rank 0's masks, whatever it computed
+        masks = broadcast_masks(masks, device=ctx.device)
+        apply_masks(session.model, masks)
     if masks:
         write_masks(ctx, masks)
     return masks
