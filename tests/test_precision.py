@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -83,3 +85,54 @@ def test_channels_last_leaves_other_tensors_alone():
     assert to_channels_last(torch.randn(2, 3, 4, 4)).is_contiguous(
         memory_format=torch.channels_last
     )
+
+
+def test_default_precision_and_layout_leave_digests_unchanged():
+    from shrinkbench_core.config import ExperimentConfig, config_digest
+
+    config = ExperimentConfig()
+    before = config.model_dump(
+        mode="json", exclude={"output", "trackers", "schedule", "precision", "channels_last"},
+        context={"all_fields": True},
+    )
+    assert config.digest() == config_digest(before)  # what the digest was without the fields
+    bf16, nhwc = ExperimentConfig(precision="bf16"), ExperimentConfig(channels_last=True)
+    assert len({config.digest(), bf16.digest(), nhwc.digest()}) == 3
+    assert len({config.dense_digest(), bf16.dense_digest(), nhwc.dense_digest()}) == 3
+
+
+def test_a_bf16_channels_last_run_holds_its_masks_and_records_both(tmp_path):
+    import json
+
+    from datagen import write_cifar10
+
+    from shrinkbench_core.cli import main
+
+    write_cifar10(tmp_path / "data", n_train=96, n_test=32)
+    assert main(["run", "--output", str(tmp_path), "--dataset", "cifar10", "--model", "resnet20",
+                 "--data-root", str(tmp_path / "data"), "--quiet", "-p", "precision=bf16",
+                 "-p", "channels_last=true", "-p", "dataset.validation_size=16",
+                 "-p", "dataset.batch_size=32", "-p", "dense.epochs=1",
+                 "-p", "finetune.epochs=1", "-p", "metrics=[size,accuracy]"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["precision"] == "bf16" and config["channels_last"] is True
+    masks = torch.load(run / "masks.pt", weights_only=True)
+    weights = torch.load(run / "model.pt", weights_only=True)
+    weights = weights.get("model", weights)
+    assert any(weights[name].dim() == 4 for name in masks)
+    for name, mask in masks.items():
+        assert weights[name].dtype == torch.float32
+        assert torch.count_nonzero(weights[name][~mask]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["finetuned"]["size"]["compression_ratio"] == pytest.approx(4, rel=1e-3)
+    assert math.isfinite(metrics["finetuned"]["accuracy"]["test_loss"])
+
+
+def test_fp16_on_cpu_exits_2_before_anything_runs(tmp_path, capsys):
+    from shrinkbench_core.cli import main
+
+    assert main(["run", "--output", str(tmp_path), "--device", "cpu",
+                 "-p", "precision=fp16"]) == 2
+    assert "precision: fp16 needs a CUDA device" in capsys.readouterr().err
+    assert not tmp_path.joinpath("runs").exists()
