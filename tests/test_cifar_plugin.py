@@ -311,3 +311,17 @@ def test_shrinkbench_run_without_data_says_how_to_get_it(tmp_path, capsys):
     assert code == 2
     assert "cifar-10-batches-py" in err and "download=true" in err
     assert "Traceback" not in err
+
+
+def test_default_validation_size_on_a_small_set_is_caught_by_the_data_check(tmp_path):
+    from datagen import write_cifar10, write_cifar100
+    from shrinkbench_cifar.checks import check_cifar10, check_cifar100
+
+    write_cifar10(tmp_path, n_train=64, n_test=32)
+    write_cifar100(tmp_path, n_train=200, n_test=100)
+    (problem,) = check_cifar10(CifarDataParameters(root=str(tmp_path)))  # default 5000
+    assert problem.startswith("validation_size: 5000 leaves no training images (CIFAR-10 in")
+    assert "has 64" in problem
+    assert check_cifar10(CifarDataParameters(root=str(tmp_path), validation_size=63)) == []
+    (problem,) = check_cifar100(CifarDataParameters(root=str(tmp_path), validation_size=200))
+    assert "has 200" in problem
