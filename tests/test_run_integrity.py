@@ -230,3 +230,24 @@ def test_sigterm_and_sigkill_leave_resumable_runs(tmp_path):
     assert deterministic(metrics_of(output)) == deterministic(reference)
     rows = (run_dir(output) / "logs.csv").read_text().splitlines()[1:]
     assert [row.split(",")[0] for row in rows] == ["1", "2", "3"]
+
+
+def test_damaged_files_are_found_and_made_again(tmp_path, capsys):
+    first = run_experiment(config_of(tmp_path), quiet=True)
+    (weights,) = (tmp_path / "dense").glob("*/model.pt")
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated, e.g. by a full disk
+    (first.path / "metrics.json").write_text('{"digest": "')  # "complete" is checked, not trusted
+    stale = first.path / "checkpoints" / ".last.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint, left by a killed writer")
+    again = run_experiment(config_of(tmp_path), quiet=True)
+    err = capsys.readouterr().err
+    assert f"dense cache entry {weights.parent} is damaged" in err and "making it again" in err
+    assert not again.already_complete and again.resumed_from_epoch == 3
+    assert deterministic(again.metrics) == deterministic(first.metrics)
+    assert json.loads((first.path / "metrics.json").read_text()) == again.metrics
+    assert not stale.exists()
+    (info,) = (tmp_path / "dense").glob("*/dense.json")
+    info.write_text("{not json")
+    other = config_of(tmp_path).model_copy(update={"compression": 2.0})
+    assert run_experiment(other, quiet=True).metrics["dense"] == first.metrics["dense"]
+    assert "is damaged (JSONDecodeError" in capsys.readouterr().err

@@ -4,12 +4,14 @@ Trained weights are cached under ``<output>/dense/<digest>/`` (with the weights
 recorded for rewinding, ``rewind-<point>.pt``) where the digest
 covers the dataset, model, dense training settings and seeds, so every
 strategy and compression in a study starts from the very same dense model.
-A file lock makes concurrent runs wait for the one that trains.
+A file lock makes concurrent runs wait for the one that trains. A damaged entry (a
+truncated or corrupted file) is reported in one line and trained (or recorded) again.
 """
 
 from __future__ import annotations
 
 import fcntl
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,12 +46,28 @@ def cached_dense_weights(
     info_file = cache_dir / "dense.json"
     with file_lock(cache_dir.with_suffix(".lock")):
         if weights.is_file() and info_file.is_file():
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            return read_json(info_file) or {}, False
+            try:
+                state = torch.load(weights, map_location="cpu", weights_only=True)
+                info = read_json(info_file) or {}
+                model.load_state_dict(state)
+                return info, False
+            except Exception as error:  # truncated, corrupted, or from another model
+                damaged(cache_dir, error)
         info = train()
         atomic_torch_save(model.state_dict(), weights)
         atomic_write_json(info_file, {**description, **info})
         return info, True
+
+
+def damaged(path: Path, error: Exception) -> None:
+    """Say on stderr that a cache entry is unreadable and will be made again."""
+    reason = type(error).__name__
+    if str(error):
+        reason += f": {str(error).splitlines()[0][:160]}"
+    print(
+        f"shrinkbench: note: dense cache entry {path} is damaged ({reason}); making it again",
+        file=sys.stderr,
+    )
 
 
 def rewind_file(cache_dir: Path, key: str) -> Path:
@@ -77,7 +95,10 @@ def cached_rewind_state(
     path = rewind_file(cache_dir, key)
     with file_lock(cache_dir.with_suffix(".lock")):
         if path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True), False
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True), False
+            except Exception as error:
+                damaged(path, error)
         state = record()
         save_rewind_state(cache_dir, key, state)
         return state, True

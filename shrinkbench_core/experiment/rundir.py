@@ -73,6 +73,8 @@ class RunDirectory:
             raise UserError(
                 f"output directory {self.path} is not writable; choose another with --output"
             )
+        for stale in [*self.path.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)  # left by a killed writer (the caller holds the lock)
 
     def status(self) -> dict[str, Any]:
         """The recorded status (``{}`` when the run never started)."""

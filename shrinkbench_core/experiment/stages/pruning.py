@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shrinkbench_core.experiment.atomic import atomic_write_text
 from shrinkbench_core.experiment.context import RunContext
 from shrinkbench_core.experiment.distributed import broadcast_masks, world_size
 from shrinkbench_core.experiment.events import epoch_logs
@@ -208,7 +209,7 @@ def make_session(
 def write_masks(ctx: RunContext, masks: Masks) -> None:
     """Write ``masks.pt`` and ``masks_summary.csv``."""
     save_masks(masks, ctx.run_dir.masks)
-    masks_summary(masks).to_csv(ctx.run_dir.masks_summary, index=False)
+    atomic_write_text(ctx.run_dir.masks_summary, masks_summary(masks).to_csv(index=False))
 
 
 def run_pruning(ctx: RunContext, schedule: Schedule, session: ScheduleSession) -> Masks:
