@@ -144,6 +144,9 @@ def test_force_keeps_a_complete_run_until_its_replacement_completes(tmp_path, mo
     backup = tmp_path / ".replaced" / first.path.name
     assert (backup / "metrics.json").read_bytes() == before
     assert json.loads((first.path / "status.json").read_text())["status"] == "interrupted"
+    from shrinkbench_core.results.collect import load_results
+
+    assert len(load_results(tmp_path)) == 1  # the set-aside run is not listed twice
     again = run_experiment(config_of(tmp_path), quiet=True)
     assert again.resumed_from_epoch == 1 and not backup.exists()
     assert deterministic(again.metrics) == deterministic(first.metrics)

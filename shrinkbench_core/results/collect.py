@@ -85,7 +85,8 @@ def find_run_dirs(root: str | Path) -> list[Path]:
     if any((root / name).is_file() for name in RUN_FILES):
         return [root]
     found = {path.parent for name in RUN_FILES for path in root.rglob(name)}
-    return sorted(found)
+    # hidden folders hold no results: `.replaced/` keeps a run that `--force` is redoing
+    return sorted(p for p in found if not any(x.startswith(".") for x in p.relative_to(root).parts))
 
 
 def load_results(root: str | Path) -> pd.DataFrame:
