@@ -70,6 +70,16 @@ def test_columns_selection_and_unknown_columns(seeds, capsys):
     assert "unknown column(s) top1" in err and "finetuned_top1" in err
 
 
+def test_an_unsupported_measured_speedup_is_marked_as_in_the_run_summary(tmp_path, capsys):
+    path = write_run(tmp_path, "GlobalMagWeight", 4, 0)
+    metrics = json.loads((path / "metrics.json").read_text())
+    metrics["finetuned"]["latency"]["measured_speedup_reliable"] = False
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    assert load_results(tmp_path).iloc[0]["measured_speedup_reliable"] == False  # noqa: E712
+    assert main(["results", str(tmp_path)]) == 0
+    assert "1.50x?" in capsys.readouterr().out
+
+
 def test_latency_columns_never_mix_stages(tmp_path):
     path = write_run(tmp_path, "GlobalMagWeight", 4, 0)
     metrics = json.loads((path / "metrics.json").read_text())

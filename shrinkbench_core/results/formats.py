@@ -3,8 +3,9 @@
 ``csv`` and ``json`` carry the numbers as stored (fractions, ratios, ms), one
 record per row. ``table`` and ``markdown`` are for reading and for papers: they
 format cells as the run summary does (accuracy ``91.23%``, ratios ``8.01x``,
-latency ``0.46 ms``), show an aggregated cell as ``mean ± std``, and list failed
-runs with their error under the table instead of among the results.
+latency ``0.46 ms``, a measured speedup its timing cannot support marked ``?``),
+show an aggregated cell as ``mean ± std``, and list failed runs with their error
+under the table instead of among the results.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def render(
     failed = frame[frame["status"] == "failed"] if "status" in frame else frame.iloc[0:0]
     if fmt in ("table", "markdown") and aggregated is None:
         shown = shown[shown["status"] != "failed"]
+    unreliable = (
+        [value is False for value in shown["measured_speedup_reliable"].tolist()]
+        if "measured_speedup_reliable" in shown.columns else None
+    )
     if columns is not None:
         shown = shown[select_columns(shown, columns)]
     elif fmt == "table":
@@ -74,7 +79,7 @@ def render(
         return shown.to_csv(index=False)
     if fmt == "json":
         return json.dumps(list(iter_records(shown)), indent=2)
-    header, rows = display_rows(shown)
+    header, rows = display_rows(shown, unreliable)
     if fmt == "markdown":
         text = to_markdown(header, rows)
     else:
@@ -128,18 +133,28 @@ def format_value(column: str, value: Any, std: Any = None) -> str:
     return f"{value:.4g}" + (f" ± {std:.2g}" if spread else "")
 
 
-def display_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted cells; ``x_mean`` and ``x_std`` become one ``x`` cell."""
+def display_rows(
+    frame: pd.DataFrame, unreliable: list[bool] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted cells; ``x_mean`` and ``x_std`` become one ``x`` cell.
+
+    ``unreliable`` (one flag per row) marks measured speedups with ``?``.
+    """
     columns = [c for c in frame.columns if not (c.endswith("_std") and
                                                 f"{c[:-4]}_mean" in frame.columns)]
     header = [HEADERS.get(c.removesuffix("_mean"), c.removesuffix("_mean")) for c in columns]
     rows = []
-    for record in iter_records(frame):
-        rows.append([
+    for index, record in enumerate(iter_records(frame)):
+        cells = [
             format_value(c, record[c], record.get(f"{c[:-5]}_std") if c.endswith("_mean")
                          else None)
             for c in columns
-        ])
+        ]
+        if "measured_speedup" in columns and unreliable and unreliable[index] and cells[
+            columns.index("measured_speedup")
+        ]:
+            cells[columns.index("measured_speedup")] += "?"  # as the run summary marks it
+        rows.append(cells)
     return header, rows
 
 
