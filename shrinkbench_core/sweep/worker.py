@@ -117,10 +117,12 @@ def _run_experiment(config: dict[str, Any], threads: int | None, quiet: bool) ->
 
             torch.set_num_threads(threads)
         from shrinkbench_core.config import build_config
+        from shrinkbench_core.errors import show_shrinkbench_warnings
         from shrinkbench_core.experiment.resolve import resolve_config
         from shrinkbench_core.experiment.runner import Experiment
         from shrinkbench_core.registry import get_registry
 
+        show_shrinkbench_warnings()  # one line each, as on the CLI
         resolved = resolve_config(build_config(config), get_registry())
         return Experiment(resolved, quiet=quiet).run()
     finally:
