@@ -39,13 +39,16 @@ MODELS = [
 
 def settings(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="comma-separated torchvision model names")
     parser.add_argument("--size", type=int, default=224, help="input side in pixels")
     parser.add_argument("--batch", type=int, default=8, help="inputs per timed forward pass")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per model")
     parser.add_argument("--share", type=float, default=0.5, help="per-group pruning ratio")
-    parser.add_argument("--memory-gb", type=float, default=6.0)
-    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--memory-gb", type=float, default=6.0,
+                        help="address-space limit of each model's child process, in GB")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds to wait for each model's result")
     return parser.parse_args(argv)
 
 

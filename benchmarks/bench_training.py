@@ -139,7 +139,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="steps per timed block")
     parser.add_argument("--blocks", type=int, default=3, help="timed blocks (alternating)")
     parser.add_argument("--rigl-batch", type=int, default=16, help="resnet18 batch")
-    parser.add_argument("--rigl-repeats", type=int, default=3)
+    parser.add_argument("--rigl-repeats", type=int, default=3,
+                        help="timed RigL steps and updates (median)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} cores; 1 thread per process")
 

@@ -269,8 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma-separated names (default: all classifiers)")
     parser.add_argument("--peer", action="store_true", help="also run Torch-Pruning")
-    parser.add_argument("--memory-gb", type=float, default=6.0)
-    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--memory-gb", type=float, default=6.0,
+                        help="address-space limit of each model's child process, in GB")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds to wait for each model's result")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--readme", action="store_true", help="rewrite the README table")
     args = parser.parse_args(argv)
