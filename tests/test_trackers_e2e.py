@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_trackers_libraries import wandb_contents
 
 from shrinkbench_core import cli
 
@@ -79,4 +80,12 @@ def test_failing_tracker_is_reported_and_the_run_completes(tmp_path, monkeypatch
         1,
         2,
     ]
-    assert list(path.glob("wandb/offline-run-*/run-*.wandb"))
+    contents = wandb_contents(path)  # the offline run's own records
+    assert contents["exit_code"] == 0
+    assert contents["summary"]["finetuned/accuracy/test_top1"] == pytest.approx(
+        metrics["finetuned"]["accuracy"]["test_top1"]
+    )
+    assert [row["dense/epoch"] for row in contents["history"] if "dense/train_loss" in row] == [
+        1,
+        2,
+    ]
