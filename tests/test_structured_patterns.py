@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
 from shrinkbench_core.pruning.channels.attention import PrunedMultiheadAttention
+from shrinkbench_core.pruning.channels.norms import PaddedLayerNorm
 from shrinkbench_core.pruning.channels.selection import lowest_norm_channels, removal_units
 from shrinkbench_core.pruning.shrink import shrink_model
 from shrinkbench_core.pruning.structured import (
@@ -130,7 +131,8 @@ def test_regnet_grouped_convolutions_and_squeeze_excite_shrink():
 
 
 class ChannelLastBlock(nn.Module):
-    """A ConvNeXt block: depthwise conv, permute, LayerNorm, Linear-GELU-Linear, permute."""
+    """A ConvNeXt block: depthwise conv, permute, LayerNorm, Linear-GELU-Linear, permute,
+    layer scale, residual; a LayerNorm over the stream's channels before the head."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -139,31 +141,57 @@ class ChannelLastBlock(nn.Module):
         self.norm = nn.LayerNorm(8)
         self.up = nn.Linear(8, 32)
         self.down = nn.Linear(32, 8)
+        self.scale = nn.Parameter(torch.full((8, 1, 1), 0.5))
+        self.final = nn.LayerNorm(8)
         self.head = nn.Linear(8, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         y = self.norm(self.dw(x).permute(0, 2, 3, 1))
         y = self.down(F.gelu(self.up(y))).permute(0, 3, 1, 2)
-        return self.head((x + y).mean((2, 3)))
+        x = x + self.scale * y
+        return self.head(self.final(x.mean((2, 3))))
 
 
-def test_channel_last_mlp_units_are_followed_through_permutes():
+def test_channel_last_block_mlp_units_and_normalized_stream_shrink():
     model = randomize(ChannelLastBlock())
     analysis, result = shrink_half(model, torch.randn(1, 3, 6, 6), torch.randn(2, 3, 6, 6))
-    hidden = groups_by_producers(analysis)[("up.weight",)]
+    groups = groups_by_producers(analysis)
+    hidden = groups[("up.weight",)]
     assert hidden.size == 32 and len(hidden.removable) == 32
     assert all(c.consumers == {"down.weight": c.producers["up.weight"]} for c in hidden.channels)
-    assert (result.model.up.out_features, result.model.down.in_features) == (16, 16)
-    # The stream normalized over its channels is kept, and said so.
-    [report] = [u for u in result.unsupported if u.operation == "LayerNorm"]
-    assert "stem" in report.layers and "down" in report.layers
+    stream = groups[("stem.weight", "dw.weight", "down.weight")]
+    assert len(stream.removable) == 8
+    assert {"norm.weight", "norm.bias", "scale", "final.weight"} <= set(stream.channels[0].attached)
+    assert result.unsupported == []
+    shrunk = result.model
+    assert (shrunk.up.out_features, shrunk.down.in_features) == (16, 16)
+    assert shrunk.down.out_features == shrunk.head.in_features == 4
+    assert isinstance(shrunk.norm, PaddedLayerNorm) and shrunk.norm.full_width == 8
+    assert shrunk.norm.weight.shape == (4,) and shrunk.scale.shape == (4, 1, 1)
 
 
-def test_convnext_mlp_units_shrink():
+def test_layer_norm_over_channels_that_are_not_zero_when_removed_is_reported():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Sigmoid(), nn.Flatten(2))
+    model = randomize(_LastNorm(model))
+    [report] = analyze_channels(model, torch.randn(1, 3, 4, 4)).unsupported()
+    assert "not zero when removed" in report.reason and report.layers == ("body.0",)
+
+
+class _LastNorm(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.norm = nn.LayerNorm(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.body(x).transpose(1, 2))
+
+
+def test_convnext_stream_and_mlp_units_shrink():
     model = randomize(torchvision.models.convnext_tiny(num_classes=10))
     _, result = shrink_half(model, torch.randn(1, 3, 32, 32), torch.randn(2, 3, 32, 32))
-    assert result.compression > 1.5
+    assert result.unsupported == [] and result.compression > 3.5
 
 
 # -- attention heads -----------------------------------------------------------------------
@@ -200,7 +228,9 @@ def test_multihead_attention_heads_and_mlp_units_are_removed_whole():
     assert groups[("mlp.0.weight",)].size == 24
     attn = result.model.attn
     assert isinstance(attn, PrunedMultiheadAttention) and attn.num_heads == 2
-    assert attn.in_proj_weight.shape == (24, 16) and attn.out_proj.weight.shape == (16, 8)
+    # The residual stream (normalized by LayerNorm) lost half its width too: 16 -> 8.
+    assert groups[("embed.weight", "attn.out_proj.weight", "mlp.2.weight")].size == 16
+    assert attn.in_proj_weight.shape == (24, 8) and attn.out_proj.weight.shape == (8, 8)
     assert result.model.mlp[0].out_features == 12
 
 
@@ -239,4 +269,4 @@ def test_swin_window_attention_heads_are_removed_whole(attention):
 def test_swin_heads_and_mlp_units_shrink():
     model = randomize(torchvision.models.swin_t(num_classes=10))
     _, result = shrink_half(model, torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64))
-    assert result.compression > 1.5
+    assert result.unsupported == [] and result.compression > 3.5

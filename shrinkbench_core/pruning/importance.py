@@ -28,7 +28,8 @@ Masks = dict[str, torch.Tensor]
 
 _CHUNK = 1 << 20  # elements processed at a time by the global selection
 _BUCKETS = 1 << 16
-_SAMPLE = 1 << 18  # importances sampled to bracket the threshold
+_SAMPLE = 1 << 18  # importances sampled to bracket the threshold (at least)
+_SAMPLE_MAX = 1 << 22  # ... and at most: about total / 64 in between
 _SCAN_CHUNK = 1 << 18  # entries scored at a time by the selection scan
 _OUT_CAPABLE = {torch.abs, torch.square, torch.neg, torch.exp, torch.log1p}
 
@@ -71,7 +72,9 @@ class LazyImportances(Mapping[str, torch.Tensor]):
     def sample(self, name: str, positions: torch.Tensor) -> torch.Tensor:
         """Scores of the flattened ``positions`` of ``name`` (elementwise ``fn`` only)."""
         flat = self._params[name].detach().reshape(-1)
-        return self._fn(flat[positions.to(flat.device)])
+        picked = flat[positions.to(flat.device)]
+        # score exactly as score_pieces does: float32 first for the functions it converts
+        return self._fn(picked.float() if self._writes_out else picked)
 
     def shape_of(self, name: str) -> torch.Size:
         """Shape of the scores of ``name`` (that of the parameter)."""
@@ -92,9 +95,15 @@ class LazyImportances(Mapping[str, torch.Tensor]):
         flat = param.reshape(-1)
         for start in range(0, flat.numel(), _SCAN_CHUNK):
             piece = flat[start : start + _SCAN_CHUNK]
-            if self._writes_out and piece.dtype == torch.float32:
-                buffer = _scratch(self._scratch, torch.float32, piece.device)
-                yield start, self._fn(piece, out=buffer[: piece.numel()]), True
+            if self._writes_out:
+                # into one reused float32 buffer, converting other dtypes (bf16) there too:
+                # a fresh float copy per piece fragments the heap between the few
+                # long-lived candidates kept per piece (4 B/param of growth measured)
+                buffer = _scratch(self._scratch, torch.float32, piece.device)[: piece.numel()]
+                source = piece
+                if piece.dtype != torch.float32:
+                    source = buffer.copy_(piece)
+                yield start, self._fn(source, out=buffer), True
             else:
                 scores = self._fn(piece).float()
                 yield start, scores, not _shares_memory(scores, param)
@@ -388,7 +397,7 @@ def top_count_masks(importances: Importances, keep: int) -> Masks:
         }
     low, high = _bracket(importances, names, sizes, keep)
     masks, kept_above, candidates = _split(importances, names, low, high)
-    if not kept_above <= keep <= kept_above + sum(len(c[1]) for c in candidates):
+    if not kept_above <= keep <= kept_above + sum(len(c[2]) for c in candidates):
         masks, kept_above, candidates = _split(importances, names, float("-inf"), float("inf"))
     _keep_candidates(masks, candidates, keep - kept_above)
     return masks
@@ -409,7 +418,8 @@ def _bracket(
     if total <= _SAMPLE:
         return float("-inf"), float("inf")
     generator = torch.Generator().manual_seed(0)
-    stride = total // _SAMPLE
+    # a larger sample narrows the bracket, so fewer candidates are held (bf16 ties included)
+    stride = total // min(max(total >> 6, _SAMPLE), _SAMPLE_MAX)
     samples = []
     for name, size in zip(names, sizes, strict=True):
         local = _sample_positions(size, stride, generator)
@@ -444,10 +454,17 @@ def _descending_order(values: torch.Tensor) -> torch.return_types.sort:
     return torch.sort(~_sortable_keys(values), stable=True)
 
 
+Candidates = list[tuple[str, int, torch.Tensor, torch.Tensor]]
+
+
 def _split(
     importances: Importances, names: list[str], low: float, high: float
-) -> tuple[Masks, int, list[tuple[str, torch.Tensor, torch.Tensor]]]:
-    """Masks of values above ``high``, and (name, positions, values) of those in [low, high]."""
+) -> tuple[Masks, int, Candidates]:
+    """Masks of values above ``high``, and those in [low, high] as candidates.
+
+    A candidate list holds ``(name, piece offset, int32 positions in the piece, values)``:
+    8 bytes per candidate.
+    """
     masks: Masks = {}
     kept = 0
     candidates = []
@@ -470,7 +487,7 @@ def _split(
                 inside ^= above  # above the bracket implies at least ``low``
             positions = inside.nonzero().squeeze(1)
             if positions.numel():
-                candidates.append((name, positions + start, scores[positions]))
+                candidates.append((name, start, positions.int(), scores[positions]))
         masks[name] = mask if mask is not None else torch.zeros(shape, dtype=torch.bool)
     return masks, kept, candidates
 
@@ -499,19 +516,18 @@ def _shape(importances: Importances, name: str) -> torch.Size:
     return shape_of(name) if shape_of is not None else importances[name].shape
 
 
-def _keep_candidates(
-    masks: Masks, candidates: list[tuple[str, torch.Tensor, torch.Tensor]], count: int
-) -> None:
+def _keep_candidates(masks: Masks, candidates: Candidates, count: int) -> None:
     """Keep the ``count`` best candidates (value descending, then position; NaN last)."""
     if count <= 0 or not candidates:
         return
-    values = torch.cat([c[2].cpu() for c in candidates])
+    values = torch.cat([c[3].cpu() for c in candidates])
     chosen = torch.zeros(values.numel(), dtype=torch.bool)
     chosen[_descending_order(values).indices[:count]] = True
+    del values
     start = 0
-    for name, positions, _ in candidates:
+    for name, offset, positions, _ in candidates:
         picked = chosen[start : start + len(positions)].to(positions.device)
-        masks[name].view(-1)[positions[picked]] = True
+        masks[name].view(-1)[positions[picked].long() + offset] = True
         start += len(positions)
 
 

@@ -159,13 +159,18 @@ def shrink_model(
                 "in_proj_weight": lambda t, r=rows, c=cols: t[r.to(t.device)][:, c.to(t.device)],
                 "in_proj_bias": lambda t, r=rows: t[r.to(t.device)],
             }
+        elif layer.kind in ("layernorm", "scale"):
+            change, slicers = _resize_per_channel(shrunk, layer, keep_in)
+            changes.append(change)
         else:
             module = shrunk.get_submodule(layer.name)
             change, slicers = _resize(layer, module, keep_in, keep_out)
             changes.append(change)
             config[layer.name] = _config_of(module)
         for suffix, slicer in slicers.items():
-            name = f"{layer.name}.{suffix}"
+            name = suffix if suffix.startswith(f"{layer.name}.") else f"{layer.name}.{suffix}"
+            if layer.kind == "scale":
+                name = layer.weight_name
             if name in new_masks:
                 new_masks[name] = slicer(new_masks[name])
 
@@ -257,6 +262,33 @@ def _resize(
     if module.bias is not None:
         _set_param(module, "bias", bias_slicer(module.bias.detach()))
     return change, {"weight": weight_slicer, "bias": bias_slicer}
+
+
+def _resize_per_channel(
+    model: nn.Module, layer: TracedLayer, keep: list[int]
+) -> tuple[LayerChange, dict[str, Slicer]]:
+    """Slice a LayerNorm over channels (made a padded LayerNorm that still counts the removed
+    channels in its statistics) or a per-channel scale parameter (dim 0)."""
+    index = torch.tensor(keep, dtype=torch.long)
+    slicer: Slicer = lambda t: t.index_select(0, index.to(t.device))  # noqa: E731
+    width = len(layer.inputs or [])
+    change = LayerChange(layer.name, layer.kind, width, len(keep), width, len(keep))
+    if layer.kind == "scale":
+        owner_name, _, attribute = layer.weight_name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        _set_param(owner, attribute, slicer(getattr(owner, attribute).detach()))
+        return change, {"weight": slicer}
+    from shrinkbench_core.pruning.channels.norms import padded_class
+
+    module = model.get_submodule(layer.name)
+    full_width = getattr(module, "full_width", width)
+    for name in ("weight", "bias"):
+        if getattr(module, name, None) is not None:
+            _set_param(module, name, slicer(getattr(module, name).detach()))
+    module.normalized_shape = (len(keep),)
+    module.__class__ = padded_class(module)
+    module.full_width = full_width
+    return change, {"weight": slicer, "bias": slicer}
 
 
 def _conv_slicer(module: nn.Module, keep_in: list[int], keep_out: list[int]) -> tuple[Slicer, int]:

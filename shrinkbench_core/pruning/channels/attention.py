@@ -44,7 +44,7 @@ class AttentionSite:
     heads: list[int]
 
 
-def leaf_types() -> tuple[type[nn.Module], ...]:
+def attention_types() -> tuple[type[nn.Module], ...]:
     """Attention modules traced as leaves (their forward is not traced into)."""
     try:
         from torchvision.models.swin_transformer import (
@@ -56,8 +56,17 @@ def leaf_types() -> tuple[type[nn.Module], ...]:
     return (ShiftedWindowAttention, ShiftedWindowAttentionV2)
 
 
+def leaf_types() -> tuple[type[nn.Module], ...]:
+    """Modules traced as leaves: attention, and ConvNeXt's LayerNorm2d (one norm over dim 1)."""
+    try:
+        from torchvision.models.convnext import LayerNorm2d
+    except ImportError:
+        return attention_types()
+    return (*attention_types(), LayerNorm2d)
+
+
 def is_attention(module: nn.Module) -> bool:
-    return isinstance(module, (nn.MultiheadAttention, PrunedMultiheadAttention, *leaf_types()))
+    return isinstance(module, (nn.MultiheadAttention, PrunedMultiheadAttention, *attention_types()))
 
 
 class LeafTracer(torch.fx.Tracer):

@@ -157,7 +157,8 @@ class TracedLayer:
 
     name: str
     module: nn.Module
-    kind: str  # "conv", "linear", "norm" or "mha" (in-projection of nn.MultiheadAttention)
+    kind: str  # "conv", "linear", "norm", "layernorm", "scale" (a per-channel parameter
+    # multiplied in forward, weight_name its name) or "mha" (nn.MultiheadAttention's in-projection)
     rows: list[int] = field(default_factory=list)  # element id of each output channel
     inputs: list[Position] | None = None  # position read by each input channel
     weight_name: str = ""  # default: f"{name}.weight"
@@ -166,6 +167,13 @@ class TracedLayer:
     def __post_init__(self) -> None:
         self.weight_name = self.weight_name or f"{self.name}.weight"
         self.bias_name = self.bias_name or f"{self.name}.bias"
+
+    @property
+    def per_channel_names(self) -> tuple[str, ...]:
+        """Per-channel vectors of a norm or scale layer (weight, and bias if it has one)."""
+        if self.kind == "scale":
+            return (self.weight_name,)
+        return (self.weight_name, self.bias_name) if self.has_bias else (self.weight_name,)
 
     @property
     def has_bias(self) -> bool:
@@ -212,6 +220,14 @@ class ChannelAnalysis:
         element = self._new(None)
         self._pad_elements.add(element)
         return element
+
+    @property
+    def free_elements(self) -> set[int]:
+        return self._free_elements
+
+    def is_source(self, element: int) -> bool:
+        """Whether ``element`` is a pinned source (model input, unknown operation)."""
+        return self._element_layer[element] is None and element in self._pins
 
     def new_free(self) -> int:
         """A fresh element that never blocks removal but keeps its channel from counting as
@@ -320,9 +336,9 @@ class ChannelAnalysis:
             per_in = layer.module.in_channels // layer.module.groups if grouped else 0
             for index, position in enumerate(layer.inputs):
                 entry = channel(self.root_of(position))
-                if layer.kind == "norm":
-                    add(entry.attached, layer.weight_name, index)
-                    add(entry.attached, layer.bias_name, index)
+                if layer.kind in _PER_CHANNEL_KINDS:
+                    for name in layer.per_channel_names:
+                        add(entry.attached, name, index)
                 elif not _is_depthwise(layer.module):
                     add(entry.consumers, layer.weight_name, index)
                 if grouped:
@@ -413,9 +429,9 @@ class ChannelAnalysis:
             if layer.inputs is None:
                 continue
             gone = [i for i, p in enumerate(layer.inputs) if self.root_of(p) in removed]
-            if layer.kind == "norm":
+            if layer.kind in _PER_CHANNEL_KINDS:
                 zero = [i for i, p in enumerate(layer.inputs) if self._is_zero(p, pruned)]
-                for name in (layer.weight_name, layer.bias_name):
+                for name in layer.per_channel_names:
                     editor.clear_rows(name, gone + zero)
             else:
                 editor.clear_inputs(layer.weight_name, gone)
@@ -532,6 +548,9 @@ class _MaskEditor:
             gone = gone.reshape(groups, -1).repeat_interleave(mask.shape[0] // groups, dim=0)
             mask &= ~gone.reshape(*gone.shape, *([1] * (mask.dim() - 2)))
         return self.masks
+
+
+_PER_CHANNEL_KINDS = ("norm", "layernorm", "scale")
 
 
 def _is_depthwise(module: nn.Module) -> bool:

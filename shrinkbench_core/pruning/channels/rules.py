@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from shrinkbench_core.pruning.channels import attention
+from shrinkbench_core.pruning.channels import attention, norms
 from shrinkbench_core.pruning.channels.graph import (
     ChannelAnalysis,
     Channels,
@@ -257,7 +257,9 @@ class _Propagator:
             self.record_inputs(self.layer(name, module, "norm", 0), x)
             return x
         if isinstance(module, nn.LayerNorm):
-            return self.layer_norm(node, x, len(module.normalized_shape))
+            if norms.is_layer_norm_2d(module):  # normalizes dim 1 of (N, C, H, W)
+                return self.layer_norm(node, x, 3 if x.dim == 1 else 0, module)
+            return self.layer_norm(node, x, len(module.normalized_shape), module)
         if isinstance(module, nn.Hardtanh) and not module.min_val <= 0 <= module.max_val:
             return self.barrier(node, "Hardtanh whose range excludes zero")
         if isinstance(module, _ELEMENTWISE_MODULES):
@@ -293,6 +295,8 @@ class _Propagator:
             return self.barrier(node, "hardtanh whose range excludes zero")
         if key in _ELEMENTWISE_FUNCTIONS or key in _ELEMENTWISE_METHODS:
             return self.same_channels(node, x, "output channels differ from input channels")
+        if _is_patch_merging_pad(key):  # 2x2 neighbours side by side: 4 copies of each channel
+            return self.same_channels(node, Channels(tuple(x) * 4, x.dim), "patch merging")
         if _is_stochastic_depth(key):
             return self.same_channels(node, x, "output channels differ from input channels")
         if key in _SPATIAL_FUNCTIONS:
@@ -336,15 +340,35 @@ class _Propagator:
             return self.renew(node, x, "softmax over the channels: removing one changes the others")
         return self.taint(node, x)
 
-    def layer_norm(self, node: torch.fx.Node, x: Channels, normalized: int) -> Any:
-        """LayerNorm over the channels mixes them (pinned); over other dims it maps a zero
-        channel to its bias (followed, not zero)."""
+    def layer_norm(
+        self, node: torch.fx.Node, x: Channels, normalized: int, module: nn.Module | None = None
+    ) -> Any:
+        """LayerNorm over the other dims maps a zero channel to its bias (followed, not
+        zero). A LayerNorm module over exactly the channels (the residual stream of a
+        transformer or ConvNeXt) ties nothing: a removed channel is zero at its input in the
+        masked model and its weight and bias entries are masked, and the shrunk model's
+        LayerNorm keeps counting it in its statistics
+        (:class:`~shrinkbench_core.pruning.channels.norms.PaddedLayerNorm`). Channels that
+        are not zero when removed (after a gate or a constant) are kept."""
         shape = _shape(node.args[0])
-        if shape is None or x.dim >= len(shape) - normalized:
+        if shape is not None and x.dim < len(shape) - normalized:
+            return self.taint(node, x)
+        over_channels = shape is not None and (
+            normalized == 1 or (norms.is_layer_norm_2d(module) and x.dim == 1)
+        )
+        if module is None or not over_channels or not module.elementwise_affine:
             return self.renew(
-                node, x, "LayerNorm over the channels: removing one changes the others' statistics"
+                node, x, "LayerNorm over the channels and more: removing one changes the others"
             )
-        return self.taint(node, x)
+        free = self.analysis.free_elements
+        tainted = [p for p in x if any(e in free or self.analysis.is_source(e) for e in p)]
+        if tainted:
+            entry = self.entry(node, "LayerNorm over channels that are not zero when removed")
+            for position in tainted:
+                self.analysis.pin(position, entry)
+        layer = self.layer(str(node.target), module, "layernorm", 0)
+        self.record_inputs(layer, x)
+        return x
 
     def operands(self, node: torch.fx.Node) -> tuple[Any, Any]:
         """The two operands of a binary operation."""
@@ -388,6 +412,9 @@ class _Propagator:
         ma, mb = self.channels(a), self.channels(b)
         if ma is None and mb is None:
             return self.barrier(node, "product of tensors without a channel dimension")
+        scaled = self.parameter_scale(node, a, b, ma, mb)
+        if scaled is not None:
+            return scaled
         if ma is not None and mb is not None:
             if self.aligned(a, b, ma, mb):  # e.g. a squeeze-excite gate (N, C, 1, 1)
                 return self.tie(node, ma, mb, "product changes channels")
@@ -406,6 +433,30 @@ class _Propagator:
         scaled = ma if ma is not None else mb
         assert scaled is not None
         return self.same_channels(node, scaled, "product changes channels")
+
+    def parameter_scale(self, node: torch.fx.Node, a: Any, b: Any, ma: Any, mb: Any) -> Any:
+        """``x * p`` with ``p`` a parameter holding one value per channel of ``x`` (layer
+        scale): ``p``'s entries are attached to the channels. None when it is not that."""
+        for x, mx, param in ((a, ma, b), (b, mb, a)):
+            if mx is None or not isinstance(param, torch.fx.Node) or param.op != "get_attr":
+                continue
+            value = _attribute(self.graph_module, str(param.target))
+            shape = _shape(x)
+            if not isinstance(value, nn.Parameter) or shape is None:
+                continue
+            offset = len(shape) - value.dim()
+            axis = mx.dim - offset
+            expected = [1] * value.dim()
+            if 0 <= axis < value.dim():
+                expected[axis] = len(mx)
+            if axis != 0 or list(value.shape) != expected or offset < 1:
+                continue
+            name = str(param.target)
+            owner = self.graph_module.get_submodule(name.rpartition(".")[0])
+            layer = self.layer(name, owner, "scale", 0, weight_name=name)
+            self.record_inputs(layer, mx)
+            return self.same_channels(node, mx, "product changes channels")
+        return None
 
     def cat(self, node: torch.fx.Node) -> Any:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
@@ -587,6 +638,19 @@ def _is_stochastic_depth(target: Any) -> bool:
     return getattr(target, "__name__", "") == "stochastic_depth" and getattr(
         target, "__module__", ""
     ).startswith("torchvision.")
+
+
+def _is_patch_merging_pad(target: Any) -> bool:
+    """torchvision Swin's patch merging (channel-last): zero pad of H and W, then the four
+    pixels of every 2x2 patch concatenated along the channels."""
+    return getattr(target, "__name__", "") == "_patch_merging_pad" and getattr(
+        target, "__module__", ""
+    ).startswith("torchvision.")
+
+
+def _attribute(module: nn.Module, target: str) -> Any:
+    owner, _, name = target.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, name, None)
 
 
 def _indexed_channel_dim(items: tuple[Any, ...], rank: int, dim: int) -> int | None:
