@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -265,26 +264,6 @@ def test_an_unknown_name_lists_candidates_and_points_to_list(argv, hint, capsys)
 
 
 # -- 13. small ones ----------------------------------------------------------------------
-def test_nm_warning_is_one_shrinkbench_line_on_the_cli():
-    code = textwrap.dedent(
-        """
-        import torch
-        from shrinkbench_core.errors import show_shrinkbench_warnings
-        from shrinkbench_strategies.nm_sparsity import NMMagnitude
-        show_shrinkbench_warnings()
-        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
-        NMMagnitude(model, 64, prunable=["0.weight"]).apply()
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("shrinkbench: warning: N:M 2:4 reaches compression")
-    assert "UserWarning" not in result.stderr
-
-
 @pytest.mark.parametrize("n, m", [(2, 4), (1, 8)])
 def test_an_nm_run_is_named_by_its_pattern(n, m):
     from shrinkbench_core.experiment.naming import run_name
@@ -349,3 +328,17 @@ def test_every_shipped_component_keeps_the_contract(kind):
     specs = [s for s in get_registry().specs(kind) if s.distribution in SHIPPED]
     assert specs
     assert {s.name: factory_problem(s) for s in specs if factory_problem(s)} == {}
+
+
+@pytest.mark.slow
+def test_an_nm_run_on_the_cli_warns_in_one_line_and_is_named_by_the_pattern(tmp_path):
+    argv = ["shrinkbench-run", "--strategy", "NMMagnitude", "--compression", "4", "--quiet",
+            "--output", str(tmp_path), "-p", "dense.epochs=0", "-p", "finetune.epochs=0",
+            "-p", "metrics=[size]", "-p", "model.hidden_sizes=[16]"]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "N:M" in line]
+    assert warnings and all(w.startswith("shrinkbench: warning: N:M 2:4 reaches") for w in warnings)
+    assert "UserWarning" not in result.stderr and "warn(" not in result.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert "-NMMagnitude-2of4-s0-" in run.name
