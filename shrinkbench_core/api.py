@@ -51,14 +51,6 @@ __all__ = [
     "run_sweep",
 ]
 
-_KINDS = {
-    "strategy": "strategies",
-    "dataset": "datasets",
-    "model": "models",
-    "metric": "metrics",
-}
-
-
 # -- lookups --------------------------------------------------------------------
 def _registry(registry: Registry | None = None) -> Registry:
     from shrinkbench_core.registry import get_registry
@@ -69,23 +61,25 @@ def _registry(registry: Registry | None = None) -> Registry:
 def component_kind(kind: str) -> str:
     """The registry's kind for ``kind``: singular or plural, any case (``Strategy`` ->
     ``strategies``); a clear error otherwise."""
+    from shrinkbench_core.registry import SINGULAR
+
     lowered = kind.lower()
-    if lowered in _KINDS.values():
-        return lowered
-    if lowered in _KINDS:
-        return _KINDS[lowered]
+    for plural, singular in SINGULAR.items():
+        if lowered in (plural, singular):
+            return plural
     raise UserError(
-        f"unknown component kind {kind!r}; choose one of: {', '.join(_KINDS.values())}"
+        f"unknown component kind {kind!r}; choose one of: {', '.join(SINGULAR)}"
     )
 
 
 def list_components(kind: str, pattern: str | None = None) -> list[str]:
     """Names of the registered components of one kind, sorted.
 
-    ``kind`` is ``strategies``, ``datasets``, ``models`` or ``metrics`` (singular
-    works too); ``pattern`` a shell-style filter, case-insensitive
-    (``"Global*"``). A name registered by several plugins is listed once per
-    plugin as ``plugin:name``, the form :func:`get_strategy` and friends accept.
+    ``kind`` is ``strategies``, ``datasets``, ``models``, ``metrics``,
+    ``schedules`` or ``trackers`` (singular works too); ``pattern`` a shell-style
+    filter, case-insensitive (``"Global*"``). A name registered by several
+    plugins is listed once per plugin as ``plugin:name``, the form
+    :func:`get_strategy` and friends accept.
     """
     registry = _registry()
     kind = component_kind(kind)

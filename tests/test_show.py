@@ -53,7 +53,7 @@ def test_show_errors_are_one_line_exit_2(tmp_path, capsys):
     assert main(["show", "strategy"]) == 2
     assert "`show strategy` needs a NAME" in capsys.readouterr().err
     assert main(["show", "widget", "X"]) == 2
-    assert "unknown kind 'widget'" in capsys.readouterr().err
+    assert "unknown kind 'widget'; choose one of: datasets, metrics" in capsys.readouterr().err
     assert main(["show", "strategy", "GlobalMagWieght"]) == 2
     assert "Did you mean: GlobalMagWeight" in capsys.readouterr().err
 
@@ -73,6 +73,8 @@ def test_show_strategy_lists_every_parameter_untruncated(capsys):
 @pytest.mark.parametrize(
     ("kind", "name", "expected"),
     [
+        ("schedule", "iterative", ["reference:        Frankle & Carbin 2019",
+                                   "rounds: int, default 3"]),
         ("dataset", "digits", ["input shape:      1, 8, 8", "num classes:      10",
                                "validation_size: int, default 180"]),
         ("model", "mlp", ["classifier:       classifier",

@@ -7,7 +7,10 @@ import json
 
 from shrinkbench_core.errors import UserError
 
-USAGE = "shrinkbench show RUN_DIR | shrinkbench show {strategy,dataset,model,metric} NAME"
+USAGE = (
+    "shrinkbench show RUN_DIR | "
+    "shrinkbench show {strategy,dataset,model,metric,schedule,tracker} NAME"
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,8 +39,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         return _show_component(KIND_WORDS[args.target], args.name, args.json)
     if args.name is not None:
         raise UserError(
-            f"unknown kind {args.target!r}; choose one of: strategy, dataset, model, metric "
-            f"(usage: {USAGE})"
+            f"unknown kind {args.target!r}; choose one of: "
+            f"{', '.join(sorted(set(KIND_WORDS.values())))} (usage: {USAGE})"
         )
     from shrinkbench_core.inspect.run import format_run, show_run
 

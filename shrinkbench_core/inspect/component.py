@@ -1,22 +1,14 @@
-"""``shrinkbench show {strategy,dataset,model,metric} NAME``: everything a spec says."""
+"""``shrinkbench show {strategy,dataset,model,metric,...} NAME``: everything a spec says."""
 
 from __future__ import annotations
 
 import typing
 from typing import Any
 
+from shrinkbench_core.registry import SINGULAR
 from shrinkbench_core.specs import ComponentSpec, _jsonable
 
-KIND_WORDS = {
-    "strategy": "strategies",
-    "strategies": "strategies",
-    "dataset": "datasets",
-    "datasets": "datasets",
-    "model": "models",
-    "models": "models",
-    "metric": "metrics",
-    "metrics": "metrics",
-}
+KIND_WORDS = {word: kind for kind, singular in SINGULAR.items() for word in (kind, singular)}
 _COMMON = {"name", "summary", "factory", "parameters", "plugin", "distribution", "version"}
 
 

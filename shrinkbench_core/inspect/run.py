@@ -121,9 +121,8 @@ def show_run(path: str | Path) -> dict[str, Any]:
     root = Path(path)
     if not root.is_dir():
         raise UserError(
-            f"{root} is not a run directory, nor one of: strategy, dataset, model, metric "
-            "(usage: shrinkbench show RUN_DIR | shrinkbench show {strategy,dataset,model,metric} "
-            "NAME)"
+            f"{root} is not a run directory, nor one of: strategy, dataset, model, metric, "
+            "schedule, tracker (usage: shrinkbench show RUN_DIR | shrinkbench show KIND NAME)"
         )
     record = _read_json(root / "config.json")
     if record is None:
