@@ -506,7 +506,9 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
     """``field: problem`` lines for a pydantic error."""
     lines = []
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"])
+        location = ""  # list positions as metrics[1], like every other message
+        for part in item["loc"]:
+            location += f"[{part}]" if isinstance(part, int) else f".{part}" if location else part
         field = f"{prefix}{location}" if location else prefix.rstrip(".") or "(config)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":

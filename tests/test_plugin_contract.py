@@ -148,7 +148,7 @@ def test_metric_parameters_from_a_file_are_validated_and_kept(tmp_path):
     [
         ([{"name": "latency", "params": {"repeats": 0}}], "metrics[0].params.repeats: Input"),
         ([{"name": "size", "params": {"x": 1}}], "metrics[0].params.x: unknown field (allowed:"),
-        ([{"params": {}}], "metrics.0.name: Field required"),
+        ([{"params": {}}], "metrics[0].name: Field required"),
     ],
 )
 def test_invalid_metric_parameters_are_reported(metrics, expected):
