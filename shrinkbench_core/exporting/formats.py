@@ -105,27 +105,32 @@ def write_safetensors(
 def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> tuple[float, list[str]]:
     """``torch.onnx.export`` (batch dimension dynamic), checked with onnxruntime.
 
-    Uses the torch.export-based exporter when ``onnxscript`` is installed, else
-    torch's TorchScript-based one (no extra dependency).
+    Uses torch's TorchScript-based exporter (no extra dependency, mature for
+    convolutional networks); when this torch no longer has it or it fails, the
+    ``torch.export``-based one (which needs ``onnxscript``).
     """
     import onnx
     import onnxruntime
 
-    dynamo = importlib.util.find_spec("onnxscript") is not None
-    notes = [f"exporter: {'torch.export (dynamo)' if dynamo else 'TorchScript'}"]
+    notes = ["exporter: TorchScript-based torch.onnx.export"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if dynamo:
-            torch.onnx.export(
-                model, (example,), str(path), dynamo=True, input_names=["input"],
-                output_names=["output"], dynamic_shapes=({0: torch.export.Dim.AUTO},),
-                external_data=False,
-            )
-        else:
+        try:
             torch.onnx.export(
                 model, (example,), str(path), dynamo=False, input_names=["input"],
                 output_names=["output"],
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )
+        except Exception as error:
+            if importlib.util.find_spec("onnxscript") is None:
+                raise UserError(
+                    f"torch.onnx.export failed ({type(error).__name__}: {error}); the "
+                    "torch.export-based exporter would need onnxscript: pip install onnxscript"
+                ) from None
+            notes = [f"exporter: torch.export-based (TorchScript-based failed: {error})"]
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=True, input_names=["input"],
+                output_names=["output"],
             )
     onnx.checker.check_model(str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
