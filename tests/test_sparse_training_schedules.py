@@ -84,3 +84,32 @@ def test_an_update_interval_beyond_training_is_refused_before_anything_runs(tmp_
                  "-p", "schedule.params.update_interval=100000"])
     assert code == 2
     assert "schedule.update_interval: 100000 steps leaves no mask update" in capsys.readouterr().err
+
+
+class _InterruptAfterFirstEpoch:
+    @hookimpl
+    def shrinkbench_epoch_end(self, run, stage, epoch, logs):
+        if stage == "finetune" and epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_set_run_resumes_to_the_uninterrupted_result(tmp_path):
+    # SET: the regrowth generator's state must come back from the checkpoint too
+    args = ["-p", "schedule.kind=set", "-p", "schedule.params.update_interval=4"]
+    whole, _ = _run(tmp_path / "whole", *args)
+    manager = get_registry().manager
+    stopper = _InterruptAfterFirstEpoch()
+    manager.register(stopper, name="interrupt-after-first-epoch")
+    try:
+        assert main(["run", "--output", str(tmp_path / "resumed"), *FAST, *args]) == 130
+    finally:
+        manager.unregister(stopper)
+    resumed, _ = _run(tmp_path / "resumed", *args)
+    assert whole.name == resumed.name
+    first = json.loads((whole / "metrics.json").read_text())
+    second = json.loads((resumed / "metrics.json").read_text())
+    assert first["schedule"]["sparse_updates"] == second["schedule"]["sparse_updates"]
+    assert first["finetuned"]["accuracy"] == second["finetuned"]["accuracy"]
+    masks = torch.load(whole / "masks.pt", weights_only=True)
+    masks_resumed = torch.load(resumed / "masks.pt", weights_only=True)
+    assert all(torch.equal(masks[name], masks_resumed[name]) for name in masks)
