@@ -53,6 +53,8 @@ def _registry():
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     """Show every plugin: name, distribution, version, hooks, status and error."""
+    if getattr(args, "check", False):
+        return check_plugins()
     plugins = _registry().plugins()
     if args.json:
         print(json.dumps(plugins, indent=2))
@@ -72,6 +74,30 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         if plugin["error"]:
             print(f"  {plugin['name']}: {plugin['error']}")
     return 0
+
+
+def check_plugins() -> int:
+    """Import every registered factory and check it against the contract (for plugin CI).
+
+    Prints one ``kind name: problem`` line per problem (and per broken plugin); exit
+    code 1 when any.
+    """
+    from shrinkbench_core.factories import factory_problem
+
+    registry = _registry()
+    problems, checked = [], 0
+    for kind in KIND_CHOICES:
+        for spec in registry.specs(kind):
+            checked += 1
+            problem = factory_problem(spec)
+            if problem:
+                problems.append(f"{spec.kind} {spec.name}: {problem}")
+    broken = [p for p in registry.plugins() if p["status"] == "error"]
+    problems += [f"plugin {p['name']}: {p['error']}" for p in broken]
+    for line in problems:
+        print(line)
+    print(f"{checked} components checked, {len(problems)} problem(s)")
+    return 1 if problems else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -279,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     plugins = sub.add_parser("plugins", help="show installed plugins and their status")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.add_argument(
+        "--check",
+        action="store_true",
+        help="import every registered factory and check it against the plugin contract "
+        "(exit code 1 on any problem)",
+    )
     plugins.set_defaults(handler=cmd_plugins)
     listing = sub.add_parser("list", help="list registered strategies, datasets, models, metrics")
     listing.add_argument("kind", choices=KIND_CHOICES)

@@ -342,3 +342,31 @@ def test_an_nm_run_on_the_cli_warns_in_one_line_and_is_named_by_the_pattern(tmp_
     assert "UserWarning" not in result.stderr and "warn(" not in result.stderr
     (run,) = (tmp_path / "runs").iterdir()
     assert "-NMMagnitude-2of4-s0-" in run.name
+
+
+def test_plugins_check_reports_every_broken_factory(fake_dists, monkeypatch, capsys):
+    (fake_dists.root / "sb_half_impl.py").write_text("import not_installed_dependency_xyz\n")
+    fake_dists.modules.append("sb_half_impl")
+    fake_dists.add("sb-half", "sb_half", """
+from shrinkbench_core.hookspecs import hookimpl
+from shrinkbench_core.specs import MetricSpec, StrategySpec
+
+@hookimpl
+def shrinkbench_register_strategies():
+    return [StrategySpec(name="Fine", summary="s", scope="global",
+                         factory="shrinkbench_strategies.magnitude:GlobalMagWeight"),
+            StrategySpec(name="Half", summary="s", scope="global", factory="sb_half_impl:X")]
+
+@hookimpl
+def shrinkbench_register_metrics():
+    return [MetricSpec(name="halfmetric", summary="s", unit="x", factory="sb_half_impl:m")]
+""")
+    monkeypatch.setenv("SHRINKBENCH_LOAD_PLUGINS", "sb-half")
+    assert main(["plugins", "--check"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    problem = "cannot import sb_half_impl (plugin sb-half): No module named"
+    assert [line.split(":")[0] for line in lines[:-1]] == ["strategy Half", "metric halfmetric"]
+    assert all(problem in line for line in lines[:-1])
+    assert lines[-1].endswith("components checked, 2 problem(s)")
+    monkeypatch.setenv("SHRINKBENCH_LOAD_PLUGINS", "shrinkbench-strategies")
+    assert main(["plugins", "--check"]) == 0
