@@ -616,10 +616,38 @@ def run_sweep(
     )
 
 
-def export(source: Any, out: str | Path, **options: Any) -> ExportResult:
-    """Export a finished run (its directory or ``RunResult``) or a model to a file
-    loadable without ShrinkBench; see :func:`shrinkbench_core.exporting.export_model`
-    for ``format`` (``pt``, ``safetensors``, ``onnx``), ``shrink`` and the rest."""
+def export(
+    source: Any,
+    out: str | Path,
+    *,
+    format: str | None = None,  # noqa: A002 - the CLI's --format
+    shrink: bool = False,
+    model: Any = None,
+    example_input: Any = None,
+    masks: Mapping[str, Any] | None = None,
+    tolerance: float = 1e-4,
+) -> ExportResult:
+    """Export a finished run (its directory or ``RunResult``) or an ``nn.Module`` to a
+    file that loads without ShrinkBench, checked by loading it back.
+
+    ``format``: ``pt`` (a ``torch.export`` program), ``safetensors`` (state dict
+    and architecture metadata) or ``onnx`` (checked with onnxruntime); default:
+    from ``out``'s suffix. ``shrink`` removes pruned channels physically first
+    (channel strategies). ``model`` rebuilds a run of your own architecture (a
+    module or a function building one); ``example_input`` is needed for a module
+    or a run on your own data; ``masks`` are applied to a module's copy first.
+    Returns the path, size in bytes and the largest output difference; see
+    :func:`shrinkbench_core.exporting.export_model`.
+    """
     from shrinkbench_core.exporting import export_model
 
-    return export_model(source, out, **options)
+    return export_model(
+        source,
+        out,
+        format=format,
+        shrink=shrink,
+        model=model,
+        example_input=example_input,
+        masks=dict(masks) if masks is not None else None,
+        tolerance=tolerance,
+    )
