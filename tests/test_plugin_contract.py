@@ -15,7 +15,7 @@ from shrinkbench_core.cli import main, run_main
 from shrinkbench_core.errors import ConfigError
 from shrinkbench_core.experiment.resolve import validate_experiment
 from shrinkbench_core.plugins import PluginSelection, make_plugin_manager
-from shrinkbench_core.registry import Registry, get_registry
+from shrinkbench_core.registry import Registry, get_registry, reset_registry
 from shrinkbench_core.specs import StrategySpec
 
 
@@ -369,4 +369,5 @@ def shrinkbench_register_metrics():
     assert all(problem in line for line in lines[:-1])
     assert lines[-1].endswith("components checked, 2 problem(s)")
     monkeypatch.setenv("SHRINKBENCH_LOAD_PLUGINS", "shrinkbench-strategies")
+    reset_registry()
     assert main(["plugins", "--check"]) == 0
