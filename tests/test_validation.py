@@ -341,6 +341,21 @@ def test_an_unreachable_compression_is_found_before_the_run_with_the_runners_fig
     validate_experiment({**data, "compression": float(largest) * 0.99}, get_registry())
 
 
+def test_a_problem_found_only_while_running_names_the_failed_run(tmp_path, capsys, monkeypatch):
+    from shrinkbench_core.experiment import resolve
+
+    monkeypatch.setattr(resolve, "compression_problem", lambda *args: None)  # found later
+    code, err = run(
+        capsys, "--compression", "1e6", "-p", "dense.epochs=0", "-p", "metrics=[size]",
+        "-p", "model.hidden_sizes=[8]", "--quiet", "--output", str(tmp_path),
+    )  # fmt: skip
+    assert code == 2 and "largest reachable compression" in err[0]
+    (path,) = (tmp_path / "runs").iterdir()
+    assert err[-1] == f"the run is marked failed in {path}"
+    status = json.loads((path / "status.json").read_text())
+    assert status["status"] == "failed" and "CompressionError" in status["error"]
+
+
 # -- 9. values and paths at the edges ----------------------------------------------------
 @pytest.mark.parametrize(
     "argv, expected",
