@@ -32,12 +32,14 @@ def test_heads_and_mlp_units_are_scored_and_removed_whole():
     model = randomize(Encoder())
     example = torch.randn(1, 5, 6)
     rule = PrunableRule(include=("*.in_proj_weight",))
-    strategy = GlobalChannelNorm(model, 1.6, rule=rule, classifier="head", input_shape=(5, 6))
+    strategy = GlobalChannelNorm(model, 2, params={"uniform": True}, rule=rule,
+                                 classifier="head", input_shape=(5, 6))  # fmt: skip
     masks = strategy.compute_masks()
     shares = removed_share(model, masks, example)
     assert shares[("attn.in_proj_weight",)] > 0 and shares[("mlp.0.weight",)] > 0
     heads = masks["attn.in_proj_weight"].reshape(3, 4, 4, 16)  # q/k/v, head, row, column
     alive = heads.any(dim=(2, 3))
+    assert shares[("embed.weight", "attn.out_proj.weight", "mlp.2.weight")] > 0  # the stream
     assert (alive == alive[0]).all()  # a head keeps or loses its q, k and v rows together
     result = shrink_model(model, masks, example)
     assert result.model.attn.num_heads == int(alive[0].sum()) < 4
