@@ -254,3 +254,27 @@ def test_damaged_files_are_found_and_made_again(tmp_path, capsys):
     other = config_of(tmp_path).model_copy(update={"compression": 2.0})
     assert run_experiment(other, quiet=True).metrics["dense"] == first.metrics["dense"]
     assert "is damaged (JSONDecodeError" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_is_one_clear_error_naming_it(tmp_path, monkeypatch, capsys):
+    from shrinkbench_core.experiment.stages import evaluate
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "measure_best", stop)  # every epoch committed, then stopped
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config_of(tmp_path), quiet=True)
+    monkeypatch.undo()
+    path = run_dir(tmp_path)
+    for name in ("last.pt", "best.pt"):
+        checkpoint = path / "checkpoints" / name
+        saved = checkpoint.read_bytes()
+        checkpoint.write_bytes(saved[: len(saved) // 2])
+        assert run_main([*ARGS, "--output", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert str(checkpoint) in err and "--force" in err and "Traceback" not in err, err
+        status = json.loads((path / "status.json").read_text())["status"]
+        assert status == ("interrupted" if name == "last.pt" else "failed")
+        checkpoint.write_bytes(saved)
+    assert run_main([*ARGS, "--output", str(tmp_path)]) == 0

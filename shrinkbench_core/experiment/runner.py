@@ -180,8 +180,9 @@ class Experiment:
             record["user_objects"] = self.provenance
         record["distributed"] = distributed_record()  # world_size, backend
         atomic_write_json(run_dir.config, record)
+        progress = saved_progress(run_dir, schedule.during_training)  # may find it damaged
         run_dir.set_status(RUNNING)
-        return saved_progress(run_dir, schedule.during_training)
+        return progress
 
     def _info(self, progress: dict[str, Any] | None) -> RunInfo:
         path = self.run_dir.path

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shrinkbench_core.errors import CheckpointError
 from shrinkbench_core.experiment.atomic import atomic_torch_save, atomic_write_json
 from shrinkbench_core.experiment.context import RunContext
 
@@ -46,9 +47,15 @@ def measure_best(ctx: RunContext, model: nn.Module, masks: Masks, prunable: list
     path = ctx.run_dir.best_checkpoint
     if not path.is_file():
         return
-    best = torch.load(path, map_location="cpu", weights_only=True)
     best_model = copy.deepcopy(model)
-    best_model.load_state_dict(best["model"])
+    try:
+        best = torch.load(path, map_location="cpu", weights_only=True)
+        best_model.load_state_dict(best["model"])
+    except Exception as error:  # truncated or corrupted after it was written
+        raise CheckpointError(
+            f"{path} is damaged ({type(error).__name__}: {str(error)[:160]}); rerun with "
+            "--force to redo the run"
+        ) from None
     result = ctx.evaluate(best_model, masks, prunable, "best_validation", accuracy_only=True)
     ctx.stages["best_validation"] = {"epoch": best["epoch"], **result}
     ctx.emit("shrinkbench_stage_end", stage="best", metrics=ctx.stages["best_validation"])
