@@ -7,8 +7,7 @@ Formats (``shrinkbench export RUN_DIR --format ... --out FILE``, ``sb.export``):
 * ``pt``: a ``torch.export`` program (``torch.export.save``); load it with
   ``torch.export.load(FILE).module()``. It holds the graph and the weights, so it
   runs without the model's Python class: shrunk models with unusual channel
-  counts and your own architectures load the same way, and loading executes no
-  pickled code.
+  counts and your own architectures load the same way, with torch alone.
 * ``safetensors``: the state dict (masks baked in) plus the architecture in the
   file's metadata (``safetensors.torch.load_file``, ``safe_open(...).metadata()``).
 * ``onnx``: ``torch.onnx.export``, checked by running onnxruntime on the example
