@@ -270,3 +270,35 @@ def test_swin_heads_and_mlp_units_shrink():
     model = randomize(torchvision.models.swin_t(num_classes=10))
     _, result = shrink_half(model, torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64))
     assert result.unsupported == [] and result.compression > 3.5
+
+
+class SizeFromStream(nn.Module):
+    """A branch reshaped with another tensor's channel count as a size (as MaxViT's attention
+    reshapes with its input's width)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stream = nn.Conv2d(3, 8, 1)
+        self.branch = nn.Conv2d(3, 8, 1)
+        self.head = nn.Linear(8, 2)
+        self.side = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stream(x)
+        b = self.branch(x)
+        b = b.reshape(b.shape[0], b.shape[1], -1, s.shape[1])  # the stream's width as a size
+        return self.head(b.mean((2, 3))) + self.side(s.mean((2, 3)))
+
+
+def test_channel_count_used_in_another_reshape_is_reported_and_kept():
+    model = randomize(SizeFromStream())
+    example = torch.randn(1, 3, 4, 4)
+    analysis = analyze_channels(model, example)
+    stream = groups_by_producers(analysis)[("stream.weight",)]
+    assert stream.removable == []
+    assert len(groups_by_producers(analysis)[("branch.weight",)].removable) == 8
+    masks = mask_channels(model, [c for g in analysis.groups() for c in g.channels[:4]])
+    result = shrink_model(model, masks, example, analysis=analysis)
+    assert result.model.stream.out_channels == 8  # kept: the reshape still works
+    assert result.model.branch.out_channels == 4
+    assert any("channel count as the size" in u.reason for u in result.unsupported)

@@ -276,6 +276,9 @@ class _Propagator:
 
     def visit_function(self, node: torch.fx.Node, key: Any) -> Any:
         args = node.args
+        source = _size_source(node)
+        if source is not None:
+            return self.channel_count(node, *source)
         if key in _SHAPE_QUERIES:
             return None
         if key is operator.getitem:
@@ -327,6 +330,21 @@ class _Propagator:
         return self.barrier(node, "operation is not known to keep channels apart")
 
     # -- rules ---------------------------------------------------------------------------
+
+    def channel_count(self, node: torch.fx.Node, tensor: Any, dim: int) -> None:
+        """``t.shape[d]`` read in forward: when ``d`` is ``t``'s followed channel dimension and
+        the value is used other than as that size in a reshape (tied there), pin ``t``'s
+        channels: the value is baked into other shapes."""
+        channels = self.channels(tensor)
+        shape = _shape(tensor)
+        if channels is None or shape is None or dim % len(shape) != channels.dim:
+            return None
+        if all(user.target in _RESHAPE_OPS for user in node.users):
+            return None
+        entry = self.entry(node, "the channel count is read and used in forward")
+        for position in channels:
+            self.analysis.pin(position, entry)
+        return None
 
     def spatial(self, node: torch.fx.Node, x: Channels) -> Any:
         """Pooling, interpolation and spatial padding: they act on dims after 1."""
@@ -507,8 +525,10 @@ class _Propagator:
         if not sizes:
             sizes = list(node.kwargs.get("shape", ()))
         if in_shape is None or out_shape is None:
+            self.pin_sizes(node, sizes, None)
             return self.barrier(node, "reshape of a tensor of unknown shape")
         if out_shape == in_shape:
+            self.pin_sizes(node, sizes, x.dim)
             return x
         dim = x.dim
         before = math.prod(in_shape[:dim])
@@ -528,17 +548,41 @@ class _Propagator:
                 inner = math.prod(in_shape[dim + 1 : ends[0] + 1])
                 positions = [p for _ in range(outer) for p in x for _ in range(inner)]
                 return self._reshaped(node, x, sizes, j, positions)
+        self.pin_sizes(node, sizes, None)
         return self.barrier(node, "reshape that splits or mixes channels")
 
     def _reshaped(self, node: torch.fx.Node, x: Channels, sizes: list, j: int, positions):
         size = sizes[j] if j < len(sizes) else None
+        self.pin_sizes(node, sizes, j)
         if isinstance(size, int) and size != -1:
             return self.barrier(
                 node,
                 f"reshape with a hard-coded size {size} in dim {j}; "
                 "write x.flatten(1) or x.view(x.size(0), -1)",
             )
+        if isinstance(size, torch.fx.Node):
+            source = _size_source(size)
+            other = self.channels(source[0]) if source else None
+            if other is None or source[1] % len(_shape(source[0]) or (0,)) != other.dim:
+                return self.barrier(node, f"reshape whose size in dim {j} is computed at run time")
+            if len(other) != len(positions):
+                return self.barrier(node, "reshape to the channel count of another tensor")
+            # The size follows another tensor's channels: removing one must remove both.
+            return self.tie(node, Channels(positions, j), other, "reshape changes channels")
         return self.same_channels(node, positions, "reshape changes channels", j)
+
+    def pin_sizes(self, node: torch.fx.Node, sizes: list, skip: int | None) -> None:
+        """Pin the channels of every tensor whose channel count is a size of this reshape
+        (except at index ``skip``, where :meth:`_reshaped` ties them)."""
+        for index, size in enumerate(sizes):
+            source = _size_source(size) if isinstance(size, torch.fx.Node) else None
+            other = self.channels(source[0]) if source else None
+            if index == skip or other is None:
+                continue
+            if source[1] % len(_shape(source[0]) or (0,)) == other.dim:
+                entry = self.entry(node, f"reshape uses a channel count as the size of dim {index}")
+                for position in other:
+                    self.analysis.pin(position, entry)
 
     def permute(self, node: torch.fx.Node, x: Channels) -> Any:
         dims = list(node.args[1:]) or list(node.kwargs.get("dims", ()))
@@ -646,6 +690,23 @@ def _is_patch_merging_pad(target: Any) -> bool:
     return getattr(target, "__name__", "") == "_patch_merging_pad" and getattr(
         target, "__module__", ""
     ).startswith("torchvision.")
+
+
+def _size_source(node: torch.fx.Node) -> tuple[torch.fx.Node, int] | None:
+    """``(t, d)`` when ``node`` is ``t.shape[d]``, ``t.size()[d]`` or ``t.size(d)``."""
+    if node.op == "call_method" and node.target == "size" and len(node.args) == 2:
+        tensor, dim = node.args
+        return (tensor, dim) if isinstance(dim, int) else None
+    if node.target is not operator.getitem or not isinstance(node.args[1], int):
+        return None
+    shape = node.args[0]
+    if not isinstance(shape, torch.fx.Node):
+        return None
+    if shape.op == "call_function" and shape.target is getattr and shape.args[1] == "shape":
+        return shape.args[0], node.args[1]
+    if shape.op == "call_method" and shape.target == "size" and len(shape.args) == 1:
+        return shape.args[0], node.args[1]
+    return None
 
 
 def _attribute(module: nn.Module, target: str) -> Any:
