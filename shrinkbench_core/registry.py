@@ -28,6 +28,8 @@ SINGULAR = {
     "schedules": "schedule",
     "trackers": "tracker",
 }
+#: The project's distribution that provides a kind the core itself does not register.
+PROVIDERS = {"strategies": "shrinkbench-strategies"}
 MAX_CANDIDATES = 12  # an unknown name lists every known one when there are at most this many
 
 
@@ -184,6 +186,8 @@ class Registry:
             message += f" Available: {', '.join(known)}."
         elif not known:
             message += f" No loaded plugin registers any {kind}."
+            if kind in PROVIDERS:
+                message += f" The project's own are in {PROVIDERS[kind]} (pip install it)."
         infos = self.manager.infos.values()
         filtered = sorted(info.name for info in infos if info.status == "disabled")
         if filtered:

@@ -228,6 +228,7 @@ def test_no_strategy_plugin_loaded_says_so(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "unknown strategy 'GlobalMagWeight'. No loaded plugin registers any strategies." in err
+    assert "The project's own are in shrinkbench-strategies (pip install it)." in err
     assert "not loaded because of SHRINKBENCH_LOAD_PLUGINS=: " in err
     assert "shrinkbench-strategies" in err
 
