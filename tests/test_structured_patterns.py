@@ -302,3 +302,18 @@ def test_channel_count_used_in_another_reshape_is_reported_and_kept():
     assert result.model.stream.out_channels == 8  # kept: the reshape still works
     assert result.model.branch.out_channels == 4
     assert any("channel count as the size" in u.reason for u in result.unsupported)
+
+
+@pytest.mark.parametrize(
+    "build", [ChannelLastBlock, Encoder, lambda: Windowed(ShiftedWindowAttentionV2)],
+    ids=["layer_norm_and_scale", "multihead_attention", "swin_attention"],
+)
+def test_resize_like_rebuilds_shrunk_heads_norms_and_scales(build):
+    from shrinkbench_core.pruning.shrink import resize_like
+
+    model = randomize(build())
+    example = torch.randn(1, 5, 6) if isinstance(model, Encoder) else torch.randn(1, 3, 8, 8)
+    _, result = shrink_half(model, example, example)
+    rebuilt = resize_like(build(), result.channel_config)
+    rebuilt.load_state_dict(result.model.state_dict())
+    assert torch.equal(run(rebuilt, example), run(result.model, example))

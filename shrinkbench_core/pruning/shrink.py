@@ -30,7 +30,7 @@ from torch import nn
 
 from shrinkbench_core.metrics.flops import count_flops
 from shrinkbench_core.metrics.latency import interleaved_times
-from shrinkbench_core.pruning.channels.attention import resize_heads, resize_mha
+from shrinkbench_core.pruning.channels.attention import AttentionSite, resize_heads, resize_mha
 from shrinkbench_core.pruning.masks import Masks, apply_masks
 from shrinkbench_core.pruning.structured import (
     ChannelAnalysis,
@@ -152,6 +152,7 @@ def shrink_model(
             continue
         if layer.kind == "mha":
             resize_mha(shrunk, layer.name, keep_out, keep_in)
+            config[layer.name] = {"mha": {"rows": len(keep_out), "in": len(keep_in)}}
             changes.append(LayerChange(layer.name, "mha", len(inputs), len(keep_in),
                                        len(layer.rows), len(keep_out)))  # fmt: skip
             rows, cols = torch.tensor(keep_out), torch.tensor(keep_in)
@@ -162,6 +163,7 @@ def shrink_model(
         elif layer.kind in ("layernorm", "scale"):
             change, slicers = _resize_per_channel(shrunk, layer, keep_in)
             changes.append(change)
+            config[layer.name] = {layer.kind: len(keep_in), "full_width": len(inputs)}
         else:
             module = shrunk.get_submodule(layer.name)
             change, slicers = _resize(layer, module, keep_in, keep_out)
@@ -176,7 +178,9 @@ def shrink_model(
 
     for site in analysis.attention:
         kept = [h for h, element in enumerate(site.heads) if analysis.find(element) not in removed]
-        resize_heads(shrunk, site, kept)
+        if site.kind == "swin" and len(kept) < len(site.heads):
+            resize_heads(shrunk, site, kept)
+            config[site.module] = {"heads": len(kept)}
 
     pad_edits = analysis.pad_amounts(removed)
     rewritten = rewrite_pads(shrunk, pad_edits)
@@ -207,6 +211,9 @@ def resize_like(model: nn.Module, channel_config: dict[str, dict[str, Any]]) -> 
     Weights of resized layers are uninitialised (zeros) until loaded. Returns ``model``.
     """
     for name, sizes in channel_config.items():
+        if "scale" in sizes or "layernorm" in sizes or "mha" in sizes or "heads" in sizes:
+            _resize_like_extra(model, name, sizes)
+            continue
         module = model.get_submodule(name)
         if "pads" in sizes:
             rewrite_pads(model, {name: [tuple(edit) for edit in sizes["pads"]]})
@@ -225,6 +232,30 @@ def resize_like(model: nn.Module, channel_config: dict[str, dict[str, Any]]) -> 
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             _resize_norm(module, lambda t, n=sizes["out"]: t.new_zeros(n) if t.dim() else t)
     return model
+
+
+def _resize_like_extra(model: nn.Module, name: str, sizes: dict[str, Any]) -> None:
+    """:func:`resize_like` for attention heads, LayerNorms over channels and scale vectors."""
+    if "mha" in sizes:
+        resize_mha(model, name, list(range(sizes["mha"]["rows"])), list(range(sizes["mha"]["in"])))
+    elif "heads" in sizes:
+        resize_heads(model, AttentionSite(name, "swin", []), list(range(sizes["heads"])))
+    elif "scale" in sizes:
+        owner_name, _, attribute = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        old = getattr(owner, attribute)
+        _set_param(owner, attribute, old.new_zeros(sizes["scale"], *old.shape[1:]))
+    else:
+        from shrinkbench_core.pruning.channels.norms import padded_class
+
+        module = model.get_submodule(name)
+        for attribute in ("weight", "bias"):
+            if getattr(module, attribute, None) is not None:
+                _set_param(module, attribute, getattr(module, attribute).new_zeros(
+                    sizes["layernorm"]))  # fmt: skip
+        module.normalized_shape = (sizes["layernorm"],)
+        module.__class__ = padded_class(module)
+        module.full_width = sizes["full_width"]
 
 
 # -- resizing one layer ------------------------------------------------------------------
