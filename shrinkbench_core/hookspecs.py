@@ -119,12 +119,14 @@ def shrinkbench_stage_end(run, stage: str, metrics: dict) -> None:
 
 @hookspec
 def shrinkbench_epoch_end(run, stage: str, epoch: int, logs: dict) -> None:
-    """Called after every training epoch of a stage (``"dense"`` or ``"finetune"``).
+    """Called after every training epoch of a stage.
 
-    ``epoch`` counts from 1 within the stage. ``logs`` is the row written to ``logs.csv``:
-    at least ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (None without a
-    validation split), ``lr``, ``epoch_seconds``, plus ``compression`` while pruning is
-    under way. Called on the writing process only (rank 0 of a distributed run).
+    ``stage`` is ``"dense"``, ``"round<k>"`` (the training between pruning rounds of an
+    iterative schedule, k from 1) or ``"finetune"``. ``epoch`` counts from 1 within the
+    stage. ``logs`` is the row written to ``logs.csv``: at least ``train_loss``,
+    ``train_acc``, ``val_loss``, ``val_acc`` (None without a validation split), ``lr``,
+    ``epoch_seconds``, plus ``compression`` while pruning is under way. Called on the
+    writing process only (rank 0 of a distributed run).
     """
 
 
