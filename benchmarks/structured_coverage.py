@@ -214,7 +214,7 @@ def table(results: dict[str, dict[str, Any]], with_peer: bool) -> str:
     head += " unsupported left |"
     rule += "---|"
     lines = [head, rule]
-    for name, entry in results.items():
+    for name, entry in sorted(results.items()):
         mine = entry["ours"]
         if "error" in mine:
             row = f"| {name} | - | - | - | - | - | failed: {mine['error']} |"
