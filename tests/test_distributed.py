@@ -21,9 +21,10 @@ from shrinkbench_core.experiment.distributed import (
     distributed_sampler,
     init_distributed,
     is_writer,
+    scored_once,
     torchrun_command,
 )
-from shrinkbench_core.pruning import hold_masks
+from shrinkbench_core.pruning import apply_masks, hold_masks
 
 
 def _free_port() -> int:
@@ -43,7 +44,21 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
         masks = {name: torch.rand(p.shape) > 0.5
                  for name, p in model.named_parameters() if name.endswith("weight")}
         masks = broadcast_masks(masks if rank == 0 else None)
-        state = broadcast_object(model.state_dict() if rank == 0 else None)
+        state = broadcast_object({k: v.clone() for k, v in model.state_dict().items()}
+                                 if rank == 0 else None)
+        model.load_state_dict(state)
+        calls: list[float] = []
+
+        def pruner(compression: float) -> dict[str, torch.Tensor]:  # scores differ by rank
+            calls.append(compression)
+            chosen = {name: torch.rand(p.shape) > 0.5 for name, p in model.named_parameters()
+                      if name.endswith("weight")}
+            apply_masks(model, chosen)
+            return chosen
+
+        pruned = scored_once(pruner, model)(4.0)
+        pruned_zeros = all(torch.count_nonzero(p[~pruned[n]]) == 0
+                           for n, p in model.named_parameters() if n in pruned)
         model.load_state_dict(state)
         ddp = nn.parallel.DistributedDataParallel(model)
         optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
@@ -58,6 +73,7 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
             nn.functional.cross_entropy(ddp(inputs), targets).backward()
             optimizer.step()
         torch.save({"context": context, "writer": is_writer(), "masks": masks, "shard": shard,
+                    "calls": calls, "pruned": pruned, "pruned_zeros": pruned_zeros,
                     "weights": {k: v.clone() for k, v in model.state_dict().items()}},
                    os.path.join(out, f"rank{rank}.pt"))
     finally:
@@ -82,6 +98,10 @@ def test_two_gloo_processes_agree_on_masks_and_keep_zeros_through_ddp_steps(tmp_
     for name, weight in first["weights"].items():
         assert torch.equal(weight, second["weights"][name])  # DDP kept the replicas equal
     assert sorted(first["shard"] + second["shard"]) == list(range(40))  # disjoint shards
+    # scored once: rank 0 pruned, rank 1 applied rank 0's masks
+    assert first["calls"] == [4.0] and second["calls"] == []
+    assert all(torch.equal(first["pruned"][n], second["pruned"][n]) for n in first["pruned"])
+    assert first["pruned_zeros"] and second["pruned_zeros"]
 
 
 def test_single_process_helpers_are_no_ops(monkeypatch):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "broadcast_masks",
     "broadcast_object",
     "check_nproc",
+    "scored_once",
     "destroy_distributed",
     "distributed_sampler",
     "init_distributed",
@@ -309,3 +310,28 @@ def strip_nproc(argv: Sequence[str]) -> list[str]:
         elif not arg.startswith("--nproc="):
             out.append(arg)
     return out
+
+
+def scored_once(
+    pruner: Callable[[float], dict[str, torch.Tensor]], model: torch.nn.Module,
+    device: torch.device | str = "cpu",
+) -> Callable[[float], dict[str, torch.Tensor]]:
+    """``pruner`` (compression -> masks, applied to ``model``) run by rank 0 alone.
+
+    In a process group of several ranks, rank 0 scores (calibration batches, gradients,
+    activations) and prunes; its masks are broadcast and applied on every other rank, so
+    every rank prunes identically and scoring happens once. Unchanged outside a group.
+    """
+    if world_size() == 1:
+        return pruner
+
+    def prune(compression: float) -> dict[str, torch.Tensor]:
+        from shrinkbench_core.pruning.masks import apply_masks
+
+        masks = pruner(compression) if dist.get_rank() == 0 else None
+        masks = broadcast_masks(masks, device=device)
+        if dist.get_rank() != 0:
+            apply_masks(model, masks)
+        return masks
+
+    return prune

@@ -23,7 +23,7 @@ from torch import nn
 
 from shrinkbench_core.experiment.atomic import atomic_write_text
 from shrinkbench_core.experiment.context import RunContext
-from shrinkbench_core.experiment.distributed import broadcast_masks, world_size
+from shrinkbench_core.experiment.distributed import broadcast_masks, scored_once, world_size
 from shrinkbench_core.experiment.events import epoch_logs
 from shrinkbench_core.experiment.schedule_api import Schedule, ScheduleSession
 from shrinkbench_core.experiment.schedules import Rewinder
@@ -199,7 +199,8 @@ def make_session(
         config=ctx.config,
         seeds=ctx.seeds,
         record=ctx.stages.setdefault("schedule", {}),
-        prune=lambda compression: changes.prune(pruner, compression),
+        # DDP: rank 0 scores and prunes, the other ranks apply its broadcast masks
+        prune=scored_once(lambda c: changes.prune(pruner, c), model, ctx.device),
         train=lambda epochs, masks, stage: train_with_masks(ctx, model, epochs, masks, stage),
         rewind=rewind,
         announce=changes,
