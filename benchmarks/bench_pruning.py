@@ -1,6 +1,6 @@
 """Pruning engine vs torch.nn.utils.prune: mask computation and fine-tuning overhead.
 
-Run: python benchmarks/bench_pruning.py [--repeats N] [--steps N]
+Run: python benchmarks/bench_pruning.py [--repeats N] [--steps N] [--masks-only]
 
 1. Global magnitude masks for torchvision resnet50 (25.6M parameters, every conv and
    linear weight, 75% pruned) on CPU: wall time and peak extra memory (resident set
@@ -218,13 +218,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per method")
     parser.add_argument("--steps", type=int, default=3, help="steps per round")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds")
+    parser.add_argument("--masks-only", action="store_true", help="only part 1 (resnet50 masks)")
     args = parser.parse_args()
     if args.child:
         child(args.child)
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     measure_masks(args.repeats)
-    measure_finetune_step(args.steps, args.rounds)
+    if not args.masks_only:
+        measure_finetune_step(args.steps, args.rounds)
 
 
 if __name__ == "__main__":
