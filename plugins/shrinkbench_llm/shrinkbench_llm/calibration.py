@@ -55,10 +55,11 @@ class LayerStatistics:
     hessian: torch.Tensor | None = None  # sum over tokens of x x^T, [in, in]
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def mean_hessian(self) -> torch.Tensor:
-        """``X^T X / tokens``."""
+    def take_mean_hessian(self) -> torch.Tensor:
+        """``X^T X / tokens``, computed in place and handed over (no longer held here)."""
         assert self.hessian is not None
-        return self.hessian / max(self.tokens, 1)
+        hessian, self.hessian = self.hessian, None
+        return hessian.div_(max(self.tokens, 1))
 
 
 class BlockRun:

@@ -19,19 +19,23 @@ from .selection import layer_mask, nm_mask
 
 
 def inverse_hessian_factor(
-    hessian: torch.Tensor, percdamp: float
+    hessian: torch.Tensor, percdamp: float, inplace: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Upper Cholesky factor of ``(H + damp I)^{-1}`` and the mask of dead inputs.
 
     Inputs that were always zero (``H_jj = 0``) get ``H_jj = 1`` so the matrix is
-    invertible; damp = ``percdamp`` x mean of the diagonal.
+    invertible; damp = ``percdamp`` x mean of the diagonal. ``inplace`` lets the
+    computation overwrite a float32 ``hessian`` (one ``[in, in]`` matrix less held).
     """
-    h = hessian.clone().float()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    damp = percdamp * torch.mean(torch.diag(h))
-    h += damp * torch.eye(h.shape[0], device=h.device)
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    h = hessian if inplace and hessian.dtype == torch.float32 else hessian.float().clone()
+    diagonal = h.diagonal()
+    dead = diagonal == 0
+    diagonal[dead] = 1.0
+    diagonal += percdamp * torch.mean(diagonal)
+    lower = torch.linalg.cholesky(h)
+    del h, diagonal
+    inverse = torch.cholesky_inverse(lower)
+    del lower
     return torch.linalg.cholesky(inverse, upper=True), dead
 
 
@@ -49,18 +53,20 @@ def sparsegpt_prune(
     nm: tuple[int, int] | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    overwrite_hessian: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pruned and reconstructed weight (input dtype) and its bool keep-mask.
 
     Unstructured: exactly ``prune_count`` weights removed, split over column
     blocks in proportion to their width. ``nm=(n, m)``: ``n`` kept of every ``m``
     consecutive inputs of each row (``blocksize`` must be a multiple of ``m``).
+    ``overwrite_hessian`` lets it use a float32 ``hessian``'s memory.
     """
     rows, columns = weight.shape
     if nm is not None and blocksize % nm[1]:
         raise ValueError(f"blocksize {blocksize} is not a multiple of m={nm[1]}")
     w = weight.detach().clone().float()
-    factor, dead = inverse_hessian_factor(hessian.to(w.device), percdamp)
+    factor, dead = inverse_hessian_factor(hessian.to(w.device), percdamp, overwrite_hessian)
     w[:, dead] = 0
     keep = torch.ones(rows, columns, dtype=torch.bool, device=w.device)
     counts = block_prune_counts(prune_count, columns, blocksize)

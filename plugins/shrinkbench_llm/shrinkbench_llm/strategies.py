@@ -214,11 +214,12 @@ class SparseGPT(LMStrategy):
     def prune_layer(self, name, layer, stats, count):
         weight, mask = sparsegpt_prune(
             layer.weight.detach(),
-            stats.mean_hessian(),
+            stats.take_mean_hessian(),
             prune_count=count,
             nm=self.nm,
             blocksize=self.options.blocksize,
             percdamp=self.options.percdamp,
+            overwrite_hessian=True,
         )
         with torch.no_grad():
             layer.weight.copy_(weight)
@@ -301,11 +302,12 @@ class OWL(LMStrategy):
         if self.options.base == "sparsegpt":
             weight, mask = sparsegpt_prune(
                 layer.weight.detach(),
-                stats.mean_hessian(),
+                stats.take_mean_hessian(),
                 prune_count=count,
                 nm=nm,
                 blocksize=self.options.blocksize,
                 percdamp=self.options.percdamp,
+                overwrite_hessian=True,
             )
             with torch.no_grad():
                 layer.weight.copy_(weight)

@@ -59,7 +59,7 @@ def make_splits(
         for split, text in texts.items()
     }
     windows = {
-        split: TokenWindows(stream, params.seqlen, tok_info, name=split)
+        split: TokenWindows(stream, params.seqlen, tok_info, name=split, encoder=tokenizer)
         for split, stream in streams.items()
     }
     return DataSplits(
@@ -161,7 +161,9 @@ def build_c4(params: HubTextParameters, *, seed: int = 0) -> DataSplits:
     splits = make_splits(texts, params, tokenizer, {"source": f"{C4_REPO} en", "root": str(root)})
     test = splits.test
     limit = C4_TEST_WINDOWS * params.seqlen + 1
-    splits.test = TokenWindows(test.tokens[:limit], test.seqlen, test.tokenizer, name="test")
+    splits.test = TokenWindows(
+        test.tokens[:limit], test.seqlen, test.tokenizer, name="test", encoder=test.encoder
+    )
     return splits
 
 

@@ -16,11 +16,17 @@ class TokenWindows(Dataset):
     Window ``i`` is ``tokens[i*T : i*T+T]`` as input and the same positions shifted
     by one as target, so ``len = (numel - 1) // T``. ``tokens`` (the whole split,
     tokenized once) and ``tokenizer`` info stay attached for metrics such as
-    perplexity that re-window the stream their own way.
+    perplexity that re-window the stream their own way; ``encoder`` is the tokenizer
+    object itself (``encode(text) -> ids``) for metrics that tokenize new text.
     """
 
     def __init__(
-        self, tokens: torch.Tensor, seqlen: int, tokenizer: dict[str, Any], name: str = ""
+        self,
+        tokens: torch.Tensor,
+        seqlen: int,
+        tokenizer: dict[str, Any],
+        name: str = "",
+        encoder: Any = None,
     ) -> None:
         if tokens.dim() != 1:
             raise ValueError("tokens must be a 1-D tensor of token ids")
@@ -28,6 +34,7 @@ class TokenWindows(Dataset):
         self.seqlen = int(seqlen)
         self.tokenizer = dict(tokenizer)
         self.name = name
+        self.encoder = encoder  # the tokenizer object (encode/decode), for lm-eval
         if len(self) == 0:
             raise UserError(
                 f"{name or 'a'} split has {self.tokens.numel()} tokens: too short for one window "
