@@ -282,7 +282,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     except UserError as error:  # found only while running: the run directory says so
         print(f"error: {error}", file=sys.stderr)
-        print(f"the run is marked failed in {experiment.run_dir.path}", file=sys.stderr)
+        if experiment.run_dir.status().get("status") == "failed":
+            print(f"the run is marked failed in {experiment.run_dir.path}", file=sys.stderr)
         return error.exit_code
     if not writer:
         return 0

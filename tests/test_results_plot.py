@@ -150,7 +150,9 @@ def test_missing_keys_and_broken_files_give_empty_cells(tmp_path):
     assert pd.isna(row["theoretical_speedup"]) and pd.isna(row["latency_ms"])
     assert pd.isna(row["bestval_top1"]) and pd.isna(row["dense_top5"])
     assert row["finetuned_top1"] == 0.8
-    assert sorted(table["status"]) == ["complete", "interrupted", "not started"]
+    assert sorted(table["status"]) == ["complete", "damaged", "not started"]
+    damaged = table[table["status"] == "damaged"].iloc[0]
+    assert "config.json is not valid JSON" in damaged["error"] and "--force" in damaged["error"]
 
 
 def test_a_single_run_directory_and_an_empty_folder(tmp_path):

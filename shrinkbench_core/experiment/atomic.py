@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from shrinkbench_core.errors import UserError
+
 _DEFERRED = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -41,9 +43,18 @@ def _umask() -> int:
     return mask
 
 
+class FolderInTheWay(UserError, IsADirectoryError):
+    """A folder stands where a file is to be written."""
+
+
 def _atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():  # the rename would fail after the work of writing
+        raise FolderInTheWay(
+            f"cannot write {path}: a folder is in its place; remove that folder (in a run "
+            "directory, rerunning with --force also clears it and redoes the run)"
+        )
     with deferred_signals():
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:

@@ -79,18 +79,20 @@ class RunDirectory:
     def status(self) -> dict[str, Any]:
         """The recorded status (``{}`` when the run never started)."""
         try:
-            return read_json(self.status_file) or {}
-        except ValueError:
+            status = read_json(self.status_file) or {}
+        except (OSError, ValueError):
             return {"status": "corrupt"}
+        return status if isinstance(status, dict) else {"status": "corrupt"}
 
     @property
     def is_complete(self) -> bool:
-        """Whether the run finished: status ``complete`` and a readable ``metrics.json``."""
+        """Whether the run finished: status ``complete``, readable ``metrics.json`` and
+        ``config.json`` (a damaged one makes a rerun resume and rewrite them)."""
         if self.status().get("status") != COMPLETE:
             return False
         try:
-            return isinstance(read_json(self.metrics), dict)
-        except ValueError:
+            return all(isinstance(read_json(f), dict) for f in (self.metrics, self.config))
+        except (OSError, ValueError):
             return False
 
     @contextmanager

@@ -20,14 +20,24 @@ def _read_json(path: Path) -> Any:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot read {path}: {error}") from None
+        raise UserError(f"cannot read {path}: {error}{DAMAGED_HINT}") from None
+
+
+#: What to do about a damaged file of a run directory.
+DAMAGED_HINT = (
+    ". Rerun the run's command to rewrite it (it resumes from checkpoints/last.pt), "
+    "or with --force to redo the run"
+)
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with path.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, ValueError, csv.Error) as error:
+        raise UserError(f"cannot read {path}: {error}{DAMAGED_HINT}") from None
 
 
 def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -7,6 +7,7 @@ imported when the command runs, torch never.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -40,6 +41,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from shrinkbench_core.results.collect import load_results
 
     frame = load_results(args.dir)
+    damaged = frame[frame["status"] == "damaged"]
+    for path, error in zip(damaged["path"], damaged["error"], strict=True):
+        print(f"shrinkbench: note: skipped damaged run {path}: {error}", file=sys.stderr)
     figure, summary = plot_tradeoff(frame, x=args.x, metric=args.metric, stage=args.stage,
                                     survey=args.survey)
     path = save_figure(figure, args.out or Path(args.dir) / "tradeoff.png")

@@ -2,7 +2,11 @@
 
 Reads each run's ``config.json``, ``status.json`` and (when complete)
 ``metrics.json``. Missing files and missing keys give empty cells, never an
-error, so failed and unfinished runs are listed with their status too.
+error, so failed and unfinished runs are listed with their status too. A run
+whose files are damaged (truncated, corrupted, a folder in place of a file, or a
+complete run without a readable ``config.json`` or ``metrics.json``) is listed
+with status ``damaged`` and an error naming each file and what to do; it never
+stops the table.
 
 Accuracy columns are on the test split: ``finetuned_*`` after the final
 fine-tuning epoch, and ``bestval_*`` of the epoch with the best validation
@@ -75,6 +79,8 @@ SORT_BY = [
     "seed",
 ]
 RUN_FILES = ("status.json", "config.json")
+#: Status of a run whose files are damaged (listed apart with the problem).
+DAMAGED = "damaged"
 
 
 def find_run_dirs(root: str | Path) -> list[Path]:
@@ -112,15 +118,20 @@ def load_results(root: str | Path) -> pd.DataFrame:
 
 def run_row(path: Path) -> dict[str, Any]:
     """One row of the results table from one run directory."""
-    config_file = _read(path / "config.json") or {}
+    problems: list[str] = []
+    config_file = _read_checked(path / "config.json", problems) or {}
     config = config_file.get("config", config_file) if isinstance(config_file, dict) else {}
-    metrics = _read(path / "metrics.json") or {}
-    status_file = _read(path / "status.json")
+    metrics = _read_checked(path / "metrics.json", problems) or {}
+    status_file = _read_checked(path / "status.json", problems)
     status = status_file.get("status", "unknown") if isinstance(status_file, dict) else "unknown"
-    if status_file is None:
+    if status_file is None and not problems:
         status = "not started"
-    if status == "complete" and not metrics:
-        status = "incomplete"
+    if status == "complete" and not problems:
+        problems += [f"{name} is missing" for name, data in
+                     (("config.json", config_file), ("metrics.json", metrics)) if not data]
+    error = status_file.get("error") if isinstance(status_file, dict) else None
+    if problems:
+        status, error = DAMAGED, damage_message(problems)
     strategy, dataset, model = (_section(config, key) for key in ("strategy", "dataset", "model"))
     compression = metrics.get("compression") if isinstance(metrics.get("compression"), dict) else {}
     finetuned = _dict(metrics.get("finetuned"))
@@ -145,7 +156,7 @@ def run_row(path: Path) -> dict[str, Any]:
             *(_get(_dict(metrics.get(s)), "structured", "shrunk_speedup") for s in LAST_FIRST)
         ),
         "status": status,
-        "error": status_file.get("error") if isinstance(status_file, dict) else None,
+        "error": error,
         "model_params": format_params(model.get("params")),
         "dataset_params": format_params(dataset.get("params")),
         "digest": metrics.get("digest") or config_file.get("digest"),
@@ -243,11 +254,30 @@ def _compact(value: Any) -> str:
     return str(value)
 
 
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+def _read_checked(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (None when missing); a damaged file is added to ``problems``."""
+    if not path.exists():
         return None
+    try:
+        data = json.loads(path.read_text())
+    except OSError as error:
+        problems.append(f"{path.name} cannot be read ({error.strerror or error})")
+        return None
+    except ValueError as error:
+        problems.append(f"{path.name} is not valid JSON ({str(error).splitlines()[0][:80]})")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{path.name} does not hold a JSON object")
+        return None
+    return data
+
+
+def damage_message(problems: list[str]) -> str:
+    """The ``error`` cell of a damaged run: what is wrong and what to do."""
+    return (
+        "; ".join(problems) + ": rerun the run's command to rewrite them (it resumes from "
+        "checkpoints/last.pt), or with --force to redo the run"
+    )
 
 
 def _dict(value: Any) -> dict[str, Any]:

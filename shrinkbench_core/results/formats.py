@@ -4,8 +4,8 @@
 record per row. ``table`` and ``markdown`` are for reading and for papers: they
 format cells as the run summary does (accuracy ``91.23%``, ratios ``8.01x``,
 latency ``0.46 ms``, a measured speedup its timing cannot support marked ``?``),
-show an aggregated cell as ``mean ± std``, and list failed runs with their error
-under the table instead of among the results.
+show an aggregated cell as ``mean ± std``, and list failed and damaged runs with
+their error under the table instead of among the results.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 FORMATS = ("table", "csv", "markdown", "json")
+#: Statuses listed under the table (with their error) rather than in it.
+APART = ("failed", "damaged")
 #: Columns of the compact terminal table (``--format table``).
 COMPACT = (
     "dataset", "model", "strategy", "strategy_params", "seed", "compression",
@@ -63,9 +65,9 @@ def render(
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     shown = aggregated if aggregated is not None else frame
-    failed = frame[frame["status"] == "failed"] if "status" in frame else frame.iloc[0:0]
+    apart = frame[frame["status"].isin(APART)] if "status" in frame else frame.iloc[0:0]
     if fmt in ("table", "markdown") and aggregated is None:
-        shown = shown[shown["status"] != "failed"]
+        shown = shown[~shown["status"].isin(APART)]
     unreliable = (
         [value is False for value in shown["measured_speedup_reliable"].tolist()]
         if "measured_speedup_reliable" in shown.columns else None
@@ -86,7 +88,11 @@ def render(
         from shrinkbench_core.cli import format_table
 
         text = format_table(header, rows, max_width=40)
-    return text + failed_listing(failed, markdown=fmt == "markdown")
+    return text + "".join(
+        failed_listing(apart[apart["status"] == status], markdown=fmt == "markdown",
+                       title=f"{status} runs")
+        for status in APART
+    )
 
 
 def _available(frame: pd.DataFrame, column: str) -> bool:
@@ -158,11 +164,11 @@ def display_rows(
     return header, rows
 
 
-def failed_listing(failed: pd.DataFrame, markdown: bool = False) -> str:
-    """Failed runs with their error, one line each ('' when none failed)."""
+def failed_listing(failed: pd.DataFrame, markdown: bool = False, title: str = "failed runs") -> str:
+    """Failed (or damaged) runs with their error, one line each ('' when there are none)."""
     if failed.empty:
         return ""
-    lines = ["", "", f"failed runs ({len(failed)}):"]  # a blank line after the table
+    lines = ["", "", f"{title} ({len(failed)}):"]  # a blank line after the table
     for record in iter_records(failed):
         what = " ".join(
             f"{key}={record[key]}" if key in ("compression", "seed") else str(record[key])
