@@ -75,6 +75,7 @@ class RunDirectory:
             )
         for stale in [*self.path.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp")]:
             stale.unlink(missing_ok=True)  # left by a killed writer (the caller holds the lock)
+        (self.path / "error.txt").unlink(missing_ok=True)  # an earlier attempt's failure
 
     def status(self) -> dict[str, Any]:
         """The recorded status (``{}`` when the run never started)."""
