@@ -149,9 +149,9 @@ class PruneResult:
     the module left dense (``None`` when none was excluded), ``prunable`` the
     parameters the strategy could prune. ``compression`` is measured on the
     model (all parameters / nonzero parameters, masked ones counted by their
-    masks); ``theoretical_speedup`` (dense
-    / nonzero multiply-adds for ``example_input``) and ``layers`` (one row per
-    masked parameter) are computed when first read.
+    masks); ``theoretical_speedup`` (dense / nonzero multiply-adds for
+    ``example_input``) and ``layers`` (one row per masked parameter) are
+    computed when first read.
     """
 
     model: nn.Module
@@ -254,8 +254,16 @@ def _prunable_names(
                 f"Its parameters look like: {', '.join(list(known)[:3])} ..."
             )
         return names, classifier if isinstance(classifier, str) else None
-    rule = PrunableRule(**prunable) if isinstance(prunable, Mapping) else prunable
-    rule = rule or PrunableRule()
+    if isinstance(prunable, Mapping):
+        from pydantic import ValidationError
+
+        from shrinkbench_core.config import format_validation_error
+
+        try:
+            prunable = PrunableRule(**prunable)
+        except ValidationError as error:
+            raise ConfigError(format_validation_error(error, prefix="prunable.")) from None
+    rule = prunable or PrunableRule()
     if classifier is False or not rule.exclude_classifier:
         return prunable_parameters(model, rule, None), None
     if isinstance(classifier, str):

@@ -147,6 +147,11 @@ def test_untraceable_model_asks_for_classifier():
     named = sb.prune(DictOutput(), "GlobalMagWeight", 1.2, example_input=example,
                      prunable=["head.weight"])
     assert set(named.masks) == {"head.weight"}
+    by_rule = sb.prune(DictOutput(), "GlobalMagWeight", 1.2, example_input=example,
+                       prunable={"exclude": ["body.*"], "exclude_classifier": False})
+    assert set(by_rule.masks) == {"head.weight"}
+    with pytest.raises(ConfigError, match="prunable.colour: unknown field"):
+        sb.prune(DictOutput(), "GlobalMagWeight", 2, example_input=example, prunable={"colour": 1})
 
 
 def test_prune_checks_strategy_options_and_calibration():
