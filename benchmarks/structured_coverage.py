@@ -232,7 +232,7 @@ def table(results: dict[str, dict[str, Any]], with_peer: bool) -> str:
             else:
                 row += f" {theirs.get('error', '-')[:60]} | - |"
         unsupported = mine.get("unsupported", "-")
-        if unsupported:
+        if isinstance(unsupported, int) and unsupported:
             unsupported = f"{unsupported} ({', '.join(mine.get('unsupported_ops', []))})"
         row += f" {unsupported} |"
         lines.append(row)
