@@ -110,3 +110,25 @@ def test_channel_taylor_is_registered():
     spec = {s.name: s for s in strategy_specs()}["ChannelTaylor"]
     assert spec.needs_data and spec.structure == "channel"
     assert spec.parameters(uniform=True).uniform
+
+
+def test_untraceable_model_falls_back_to_layer_channels_with_a_warning():
+    class DataDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.b = nn.Conv2d(8, 8, 1)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.b(self.a(x)) if x.sum() > 0 else self.b(self.a(-x))
+            return self.fc(x.mean((2, 3)))
+
+    model = DataDependent()
+    strategy = GlobalChannelNorm(model, 1.5, classifier="fc", input_shape=(3, 4, 4))
+    with pytest.warns(UserWarning, match="cannot trace DataDependent.*falling back"):
+        masks = strategy.compute_masks()
+    for mask in masks.values():  # whole output channels, kept or removed
+        rows = mask.reshape(mask.shape[0], -1)
+        assert (rows.all(1) | ~rows.any(1)).all()
+    assert not all(mask.all() for mask in masks.values())

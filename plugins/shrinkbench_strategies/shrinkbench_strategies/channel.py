@@ -17,6 +17,7 @@ only their rows are counted. Every layer (or tied group) keeps a channel.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -187,7 +188,14 @@ def tied_channels(
     example = torch.zeros(1, *strategy.input_shape, device=device)
     try:
         analysis = analyze_channels(strategy.model, example)
-    except (UserError, RuntimeError, TypeError, ValueError):
+    except (UserError, RuntimeError, TypeError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        warnings.warn(
+            f"{type(strategy).__name__}: channels of {type(strategy.model).__name__} cannot be "
+            f"followed ({reason}); falling back to each layer's own output channels, which "
+            "the shrinking step may not be able to remove",
+            stacklevel=3,
+        )
         return None
     plan = TiedChannels(strategy, analysis, scorer(analysis))
     return plan if plan.groups else None
