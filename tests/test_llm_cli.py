@@ -27,6 +27,7 @@ def run(*args: str, cwd) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_sparsegpt_end_to_end_records_perplexity_and_sparsity(tmp_path):
     result = run("--strategy", "SparseGPT", "--compression", "2", *TINY, "--output", "out",
                  cwd=tmp_path)  # fmt: skip
@@ -44,6 +45,23 @@ def test_sparsegpt_end_to_end_records_perplexity_and_sparsity(tmp_path):
     fixed = size["total_parameters"] - size["prunable_parameters"]
     expected = 1 - (round(size["total_parameters"] / 2) - fixed) / size["prunable_parameters"]
     assert size["pruned_fraction"] == pytest.approx(expected) and expected > 0.5
+    # results table: LM sparsity beside compression, perplexity per stage
+    table = subprocess.run(["shrinkbench", "results", "out", "--format", "json"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    (row,) = json.loads(table.stdout)
+    assert row["sparsity"] == pytest.approx(size["pruned_fraction"])
+    assert row["pruned_perplexity"] == pytest.approx(pruned["test_perplexity"])
+    assert row["dense_perplexity"] == pytest.approx(dense["test_perplexity"])
+    shown = subprocess.run(["shrinkbench", "results", "out"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120).stdout  # fmt: skip
+    assert "sparsity" in shown and "pruned_perplexity" in shown
+    plot = subprocess.run(
+        ["shrinkbench", "plot", "out", "--x", "sparsity", "--y", "perplexity", "--stage",
+         "pruned", "--out", "ppl.png"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert plot.returncode == 0, plot.stderr
+    assert (tmp_path / "ppl.png").stat().st_size > 1000
 
 
 def test_bad_input_is_one_screen_exit_2_before_anything_runs(tmp_path):

@@ -21,10 +21,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "log-2 x axis, the dense accuracy as a reference line.",
     )
     parser.add_argument("dir", help="a sweep's output folder (or any folder of run directories)")
-    parser.add_argument("--x", choices=("compression", "speedup"), default="compression",
-                        help="x axis: achieved compression ratio (default) or theoretical speedup")
-    parser.add_argument("--metric", choices=("top1", "top5"), default="top1",
-                        help="test accuracy to plot (default top1)")
+    parser.add_argument("--x", choices=("compression", "speedup", "sparsity"),
+                        default="compression",
+                        help="x axis: achieved compression ratio (default), theoretical speedup "
+                        "or sparsity of the prunable layers (LM papers' axis)")
+    parser.add_argument("--metric", "--y", dest="metric", choices=("top1", "top5", "perplexity"),
+                        default="top1",
+                        help="y axis: test accuracy (default top1) or test perplexity (log "
+                        "scale; language models)")
     parser.add_argument("--stage", choices=("finetuned", "bestval", "pruned"), default="finetuned",
                         help="accuracy after the final fine-tuning epoch (default), at the epoch "
                         "with the best validation accuracy, or right after pruning")

@@ -19,12 +19,15 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-X_CHOICES = {"compression": "compression_achieved", "speedup": "theoretical_speedup"}
+X_CHOICES = {
+    "compression": "compression_achieved", "speedup": "theoretical_speedup", "sparsity": "sparsity",
+}
 X_LABELS = {
     "compression": "Compression ratio (all / nonzero parameters)",
     "speedup": "Theoretical speedup (dense / nonzero multiply-adds)",
+    "sparsity": "Sparsity of the prunable layers (embeddings, LM head excluded)",
 }
-METRICS = ("top1", "top5")
+METRICS = ("top1", "top5", "perplexity")
 STAGES = {"finetuned": "after fine-tuning", "bestval": "best validation epoch",
           "pruned": "before fine-tuning"}
 SUFFIXES = (".png", ".pdf")
@@ -114,6 +117,9 @@ def _columns(x: str, metric: str, stage: str) -> tuple[str, str]:
         raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if stage not in STAGES:
         raise UserError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if metric == "perplexity" and stage == "bestval":
+        raise UserError("perplexity is measured after pruning and fine-tuning, not at the best "
+                        "validation epoch; use --stage pruned or finetuned")
     return X_CHOICES[x], f"{stage}_{metric}"
 
 
@@ -167,13 +173,20 @@ def plot_tradeoff(
                 group["x"], group["mean"], yerr=group["std"], label=name, color=colors[name],
                 marker=markers[name], markersize=4, linewidth=1.4, capsize=3, zorder=3,
             )
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_locator(LogLocator(base=2))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+        if x == "sparsity":  # a fraction, linear axis
+            ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+        else:
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_locator(LogLocator(base=2))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.set_xlabel(X_LABELS[x])
-        ax.set_ylabel(f"Test top-{metric[-1]} accuracy ({STAGES[stage]})")
+        if metric == "perplexity":  # lower is better, spans orders of magnitude
+            ax.set_yscale("log")
+            ax.set_ylabel(f"Test perplexity ({STAGES[stage]})")
+        else:
+            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+            ax.set_ylabel(f"Test top-{metric[-1]} accuracy ({STAGES[stage]})")
         seeds = sorted(set(panel_points["seeds"]))
         ax.set_title(f"{panel}  (mean ± std over {'/'.join(map(str, seeds))} seeds)",
                      fontsize="medium")

@@ -44,6 +44,7 @@ COLUMNS = (
     "seed",
     "compression",
     "compression_achieved",
+    "sparsity",
     "theoretical_speedup",
     "measured_speedup",
     "measured_speedup_reliable",
@@ -57,6 +58,9 @@ COLUMNS = (
     "bestval_epoch",
     "bestval_top1",
     "bestval_top5",
+    "dense_perplexity",
+    "pruned_perplexity",
+    "finetuned_perplexity",
     "dense_latency_ms",
     "latency_ms",
     "latency_batch_size",
@@ -72,7 +76,7 @@ NUMERIC = (
     "compression", "compression_achieved", "theoretical_speedup", "measured_speedup",
     "structured_speedup", "dense_top1", "dense_top5", "pruned_top1", "pruned_top5",
     "finetuned_top1", "finetuned_top5", "bestval_top1", "bestval_top5", "dense_latency_ms",
-    "latency_ms",
+    "latency_ms", "sparsity", "dense_perplexity", "pruned_perplexity", "finetuned_perplexity",
 )
 SORT_BY = [
     "dataset", "model", "model_params", "strategy", "strategy_params", "schedule", "compression",
@@ -150,6 +154,10 @@ def run_row(path: Path) -> dict[str, Any]:
         "theoretical_speedup": _first(
             metrics.get("theoretical_speedup"), _get(finetuned, "flops", "theoretical_speedup")
         ),
+        # LM papers' sparsity: zero fraction of the prunable layers (embeddings, head excluded)
+        "sparsity": _first(
+            *(_get(_dict(metrics.get(s)), "size", "pruned_fraction") for s in LAST_FIRST)
+        ),
         "bestval_epoch": best.get("epoch"),
         **paired_latency(metrics),
         "structured_speedup": _first(
@@ -166,6 +174,9 @@ def run_row(path: Path) -> dict[str, Any]:
                           ("best_validation", "bestval")):
         top1, top5 = test_accuracy(_dict(metrics.get(stage)))
         row[f"{prefix}_top1"], row[f"{prefix}_top5"] = top1, top5
+        if prefix != "bestval":  # the perplexity metric (shrinkbench-llm), test split
+            row[f"{prefix}_perplexity"] = _get(_dict(metrics.get(stage)), "perplexity",
+                                               "test_perplexity")
     return row
 
 

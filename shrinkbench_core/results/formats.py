@@ -26,15 +26,19 @@ APART = ("failed", "damaged")
 #: Columns of the compact terminal table (``--format table``).
 COMPACT = (
     "dataset", "model", "strategy", "strategy_params", "seed", "compression",
-    "compression_achieved", "theoretical_speedup", "measured_speedup", "dense_top1",
-    "finetuned_top1", "bestval_top1", "status",
+    "compression_achieved", "sparsity", "theoretical_speedup", "measured_speedup", "dense_top1",
+    "finetuned_top1", "bestval_top1", "dense_perplexity", "pruned_perplexity",
+    "finetuned_perplexity", "status",
 )
 #: Columns of the compact aggregated table (``--aggregate``), before ``_mean``/``_std``.
 COMPACT_AGGREGATED = (
     "dataset", "model", "strategy", "strategy_params", "schedule", "compression", "seeds",
-    "compression_achieved", "theoretical_speedup", "measured_speedup", "dense_top1",
-    "finetuned_top1", "bestval_top1",
+    "compression_achieved", "sparsity", "theoretical_speedup", "measured_speedup", "dense_top1",
+    "finetuned_top1", "bestval_top1", "dense_perplexity", "pruned_perplexity",
+    "finetuned_perplexity",
 )
+#: Compact columns shown only when some run has a value (language-model runs).
+WHEN_PRESENT = ("sparsity", "dense_perplexity", "pruned_perplexity", "finetuned_perplexity")
 HEADERS = {
     "strategy_params": "params",
     "compression": "requested",
@@ -76,6 +80,7 @@ def render(
         shown = shown[select_columns(shown, columns)]
     elif fmt == "table":
         compact = COMPACT_AGGREGATED if aggregated is not None else COMPACT
+        compact = [c for c in compact if c not in WHEN_PRESENT or _has_values(shown, c)]
         shown = shown[select_columns(shown, [c for c in compact if _available(shown, c)])]
     if fmt == "csv":
         return shown.to_csv(index=False)
@@ -97,6 +102,11 @@ def render(
 
 def _available(frame: pd.DataFrame, column: str) -> bool:
     return column in frame.columns or f"{column}_mean" in frame.columns
+
+
+def _has_values(frame: pd.DataFrame, column: str) -> bool:
+    name = column if column in frame.columns else f"{column}_mean"
+    return name in frame.columns and bool(frame[name].notna().any())
 
 
 def select_columns(frame: pd.DataFrame, wanted: list[str]) -> list[str]:
@@ -129,7 +139,7 @@ def format_value(column: str, value: Any, std: Any = None) -> str:
         return str(value)
     base = column.removesuffix("_mean")
     spread = not _missing(std)
-    if base.endswith(("_top1", "_top5")):
+    if base.endswith(("_top1", "_top5")) or base == "sparsity":
         return f"{100 * value:.2f}" + (f" ± {100 * std:.2f}" if spread else "") + "%"
     if base in RATIOS:
         digits = ".3g" if base == "compression" else ".2f"
