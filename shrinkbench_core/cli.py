@@ -274,6 +274,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = experiment.run(force=args.force)
     except KeyboardInterrupt:
+        if not writer:  # another DDP rank: rank 0 reports where the progress is
+            return 130
         print(
             f"\ninterrupted: progress saved in {experiment.run_dir.path}\n"
             "rerun the same command to resume from the last completed epoch",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -83,3 +84,58 @@ def test_nproc_beyond_the_cores_is_a_clear_error(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "--nproc 512 is more than the" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+def test_killing_every_rank_then_rerunning_resumes_on_both(tmp_path):
+    import signal
+    import time
+
+    output, ranks = tmp_path / "out", tmp_path / "ranks"
+    command = [sys.executable, "-m", "shrinkbench_core.cli", "run", "--nproc", "2",
+               "--output", str(output),
+               *[arg.replace("finetune.epochs=1", "finetune.epochs=20") for arg in RUN]]
+    env = _env(SHRINKBENCH_RANK_OUTPUT=str(ranks))
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=env, start_new_session=True)
+    deadline = time.monotonic() + 240
+    progress = None
+    while time.monotonic() < deadline and first.poll() is None:
+        found = list(output.glob("runs/*/checkpoints/progress.json"))
+        if found:
+            progress = json.loads(found[0].read_text() or "{}")
+            if progress.get("epoch", 0) >= 1 and "finetuned" not in progress.get("stages", {}):
+                break
+        time.sleep(0.3)
+    assert first.poll() is None, first.communicate()
+    for pid in [first.pid, *_descendants(first.pid)]:  # torchrun runs ranks in new sessions
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # every rank, no chance to clean up
+    first.wait()
+    time.sleep(1)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resumed after epoch" in again.stdout
+    run = _run_dir(output)
+    assert json.loads((run / "status.json").read_text())["status"] == "complete"
+    masks = torch.load(run / "masks.pt", weights_only=True)
+    masks_rank1 = torch.load(ranks / "rank1" / "runs" / run.name / "masks.pt", weights_only=True)
+    assert all(torch.equal(masks[name], masks_rank1[name]) for name in masks)
+    epochs = [line.split(",")[0] for line in (run / "logs.csv").read_text().splitlines()[1:]]
+    assert epochs == [str(epoch) for epoch in range(1, 21)]
+    assert "resumed after epoch 20" not in again.stdout
