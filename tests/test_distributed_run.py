@@ -102,14 +102,16 @@ def _descendants(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_killing_every_rank_then_rerunning_resumes_on_both(tmp_path):
+def test_killing_every_rank_of_a_rigl_run_then_rerunning_resumes_on_both(tmp_path):
     import signal
     import time
 
     output, ranks = tmp_path / "out", tmp_path / "ranks"
     command = [sys.executable, "-m", "shrinkbench_core.cli", "run", "--nproc", "2",
                "--output", str(output),
-               *[arg.replace("finetune.epochs=1", "finetune.epochs=20") for arg in RUN]]
+               *[arg.replace("finetune.epochs=1", "finetune.epochs=20") for arg in RUN],
+               # RigL under DDP: all-reduced gradients, so both ranks regrow the same weights
+               "-p", "schedule.kind=rigl", "-p", "schedule.params.update_interval=5"]
     env = _env(SHRINKBENCH_RANK_OUTPUT=str(ranks))
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              env=env, start_new_session=True)
@@ -136,6 +138,8 @@ def test_killing_every_rank_then_rerunning_resumes_on_both(tmp_path):
     masks = torch.load(run / "masks.pt", weights_only=True)
     masks_rank1 = torch.load(ranks / "rank1" / "runs" / run.name / "masks.pt", weights_only=True)
     assert all(torch.equal(masks[name], masks_rank1[name]) for name in masks)
+    updates = json.loads((run / "metrics.json").read_text())["schedule"]["sparse_updates"]
+    assert len(updates) > 2 and sum(update["changed"] for update in updates) > 0
     epochs = [line.split(",")[0] for line in (run / "logs.csv").read_text().splitlines()[1:]]
     assert epochs == [str(epoch) for epoch in range(1, 21)]
     assert "resumed after epoch 20" not in again.stdout
