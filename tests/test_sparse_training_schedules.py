@@ -113,3 +113,24 @@ def test_an_interrupted_set_run_resumes_to_the_uninterrupted_result(tmp_path):
     masks = torch.load(whole / "masks.pt", weights_only=True)
     masks_resumed = torch.load(resumed / "masks.pt", weights_only=True)
     assert all(torch.equal(masks[name], masks_resumed[name]) for name in masks)
+
+
+@pytest.mark.parametrize("kind", ["static", "set", "rigl"])
+def test_sparse_training_on_generated_cifar_with_a_cifar_resnet(tmp_path, kind):
+    from datagen import write_cifar10
+
+    write_cifar10(tmp_path / "data", n_train=96, n_test=32)
+    args = ["--dataset", "cifar10", "--model", "resnet20", "--data-root", str(tmp_path / "data"),
+            "-p", "dataset.validation_size=16", "-p", "dataset.batch_size=16",
+            "-p", f"schedule.kind={kind}"]
+    if kind != "static":
+        args += ["-p", "schedule.params.update_interval=2"]
+    run, steps = _run(tmp_path / "out", *args)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["finetuned"]["size"]["compression_ratio"] == pytest.approx(10, rel=0.01)
+    masks = torch.load(run / "masks.pt", weights_only=True)
+    assert sum(int(m.sum()) for m in masks.values()) == steps[0]["kept"]
+    if kind == "static":
+        assert len(steps) == 1
+    else:
+        assert sum(s["changed"] for s in steps[1:]) > 0
