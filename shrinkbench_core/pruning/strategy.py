@@ -10,6 +10,7 @@ without changing the model.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from torch import nn
 
 from shrinkbench_core.errors import MaskError, UserError
 from shrinkbench_core.pruning.compression import Budget, compression_budget
+from shrinkbench_core.pruning.dead_zeros import dead_zeros, probe_batch, zero_entries_outside
 from shrinkbench_core.pruning.importance import (
     RankedImportances,
     allocate_counts,
@@ -93,6 +95,7 @@ class Strategy:
         self.generator = torch.Generator().manual_seed(seed)
         self._gradients: dict[str, torch.Tensor] | None = None
         self._activations: dict[str, torch.Tensor] | None = None
+        self.dead_zero_count = 0  # zeros outside the masks the selection holds (compute_masks)
 
     def _locate_classifier(
         self, model: nn.Module, input_shape: Sequence[int] | None
@@ -186,9 +189,19 @@ class Strategy:
         """Return ``{parameter name: bool keep-mask}`` for the prunable parameters."""
         raise NotImplementedError(f"{type(self).__name__} must implement model_masks()")
 
-    def compute_masks(self) -> Masks:
-        """The strategy's masks, validated, without touching the model."""
-        masks = self.model_masks()
+    def compute_masks(self, count_dead: bool = False) -> Masks:
+        """The strategy's masks, validated, without touching the model.
+
+        They keep exactly ``self.keep`` weights. With ``count_dead`` (what a run that
+        fine-tunes asks for), zeros outside the masks that the selection leaves unable to
+        move (see :mod:`~shrinkbench_core.pruning.dead_zeros`) count as pruned too: the
+        strategy selects again, keeping as many more weights, so the fine-tuned model
+        reaches the requested compression (:meth:`count_dead_zeros`).
+        """
+        masks = self._checked(self.model_masks())
+        return self.count_dead_zeros(masks) if count_dead else masks
+
+    def _checked(self, masks: Masks) -> Masks:
         validate_masks(self.model, masks)
         outside = sorted(set(masks) - set(self.prunable))
         if outside:
@@ -197,9 +210,65 @@ class Strategy:
             )
         return masks
 
-    def apply(self) -> Masks:
-        """Compute the masks and zero the pruned weights of the model; return the masks."""
-        masks = self.compute_masks()
+    def count_dead_zeros(self, masks: Masks) -> Masks:
+        """Masks keeping the fewest weights with which ``self.keep`` entries stay nonzero:
+        ``kept - dead zeros >= self.keep`` (equal unless one more weight revives a channel).
+
+        Applies to selections that keep exactly ``self.keep`` weights (a pattern or a
+        channel strategy fixes its own count) when a probe input is known (calibration
+        data or ``input_shape``) and a parameter outside the masks holds zeros. Found by
+        bisection over the number kept, reselecting with the strategy reseeded; the number
+        found is :attr:`dead_zero_count` (0 when nothing was dead).
+        """
+        self.dead_zero_count = 0
+        base, target = self.budget, self.budget.keep
+        if target >= base.prunable_nonzero or _kept(masks) != target:
+            return masks
+        if not zero_entries_outside(self.model, self.prunable):
+            return masks
+        inputs = probe_batch(self.calibration, self.input_shape, self.seed)
+        if inputs is None:
+            return masks
+
+        def alive(selection: Masks) -> int | None:
+            dead = dead_zeros(self.model, selection, inputs)
+            return None if dead is None else _kept(selection) - dead
+
+        reached = alive(masks)
+        if reached is None or reached >= target:
+            return masks
+        low, high = target, target
+        best: Masks | None = None
+        while reached < target and high < base.prunable_nonzero:  # grow until it is reached
+            low, high = high, min(base.prunable_nonzero, high + target - reached)
+            best = self._reselect(high)
+            reached = alive(best)  # type: ignore[assignment]
+            if reached is None:
+                self.budget = base
+                return masks
+        while high - low > 1:  # the fewest kept that still reaches the target
+            middle = (low + high) // 2
+            selection = self._reselect(middle)
+            if (alive(selection) or 0) >= target:
+                high, best = middle, selection
+            else:
+                low = middle
+        self.budget = dataclasses.replace(base, keep=high)
+        final = best if best is not None and _kept(best) == high else self._reselect(high)
+        self.dead_zero_count = high - target
+        return final
+
+    def _reselect(self, keep: int) -> Masks:
+        """The strategy's masks for another number kept, reseeded as at the start."""
+        self.budget = dataclasses.replace(self.budget, keep=keep)
+        self.generator.manual_seed(self.seed)
+        self.__dict__.pop("_layer_keep", None)
+        return self._checked(self.model_masks())
+
+    def apply(self, count_dead: bool = False) -> Masks:
+        """Compute the masks (``count_dead`` as in :meth:`compute_masks`) and zero the
+        pruned weights of the model; return the masks."""
+        masks = self.compute_masks(count_dead)
         apply_masks(self.model, masks)
         return masks
 
@@ -385,6 +454,10 @@ def input_activation_importance(
         else:
             out[name] = torch.ones_like(dict(model.named_parameters())[name])
     return out
+
+
+def _kept(masks: Masks) -> int:
+    return sum(int(mask.sum()) for mask in masks.values())
 
 
 def clone_model(model: nn.Module) -> nn.Module:

@@ -77,7 +77,7 @@ def make_pruner(ctx: RunContext, model: nn.Module, prunable: list[str], classifi
             seed=ctx.seeds.pruning,
             input_shape=input_shape,
         )
-        masks = strategy.apply()
+        masks = strategy.apply(count_dead=True)  # fine-tuning must reach the request
         if spec.structure == "channel":
             masks = complete_channels(ctx, model, masks)
         return masks
