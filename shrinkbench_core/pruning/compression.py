@@ -9,7 +9,9 @@ masked now). Parameters outside the prunable set are never masked, so all their
 entries count as kept, zeros included: a bias or BatchNorm shift initialized to
 zero becomes nonzero in training, and counting it as pruned would leave the
 fine-tuned model short of the requested ratio (64.01x pruned at initialization,
-59.85x after fine-tuning, on a CIFAR ResNet-20 at 64x).
+59.85x after fine-tuning, on a CIFAR ResNet-20 at 64x). The zeros the selection leaves
+unable to move (shifts of channels pruned whole) are counted by the strategy instead
+(:mod:`shrinkbench_core.pruning.dead_zeros`).
 """
 
 from __future__ import annotations
