@@ -113,6 +113,67 @@ def test_rerun_rewrites_the_damage_or_names_the_file(copy, name, kind, capsys):
         assert path.is_file() and after["finetuned"]["accuracy"] == before["finetuned"]["accuracy"]
 
 
+@pytest.fixture(scope="module")
+def interrupted(study, tmp_path_factory) -> Path:
+    """The study with its 4x run interrupted after its last epoch was committed (to resume)."""
+    from shrinkbench_core.experiment.stages import evaluate
+
+    root = tmp_path_factory.mktemp("interrupted")
+    shutil.copytree(study / "dense", root / "dense")
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate, "measure_best", stop)
+        assert run_main(args(4, root)) == 130
+    assert json.loads((run_4x(root) / "status.json").read_text())["status"] == "interrupted"
+    return root
+
+
+RESUMED = ("config.json", "status.json", "progress.json", "last.pt", "best.pt", "masks.pt",
+           "logs.csv")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", RESUMED)
+def test_resume_rewrites_the_damage_or_names_the_file(interrupted, study, tmp_path, name, kind,
+                                                      capsys):
+    out = tmp_path / "out"
+    shutil.copytree(interrupted, out)
+    path = target(out, name)
+    damage(path, kind)
+    code = run_main(args(4, out))
+    err = capsys.readouterr().err
+    no_traceback(err)
+    if code != 0:
+        assert code == 2 and str(path) in err and "--force" in err, err
+        assert run_main([*args(4, out), "--force"]) == 0, capsys.readouterr().err
+    reference = complete(run_4x(study))
+    after = complete(run_4x(out))
+    assert after["finetuned"]["accuracy"] == reference["finetuned"]["accuracy"]
+    assert after["finetuned"]["size"] == reference["finetuned"]["size"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", DENSE_FILES)
+def test_a_damaged_dense_entry_is_made_again_by_the_next_run(copy, name, kind, capsys):
+    path = target(copy, name)
+    damage(path, kind)
+    code = run_main(args(3, copy))  # a new run on the same dense model
+    err = capsys.readouterr().err
+    no_traceback(err)
+    if kind == "directory":  # never deleted: named, with what to do
+        assert code == 2 and str(path) in err and "remove that folder" in err, err
+        shutil.rmtree(path)
+        assert run_main(args(3, copy)) == 0
+    else:
+        assert code == 0 and f"dense cache entry {path.parent} is damaged" in err, err
+    (new,) = (copy / "runs").glob("*-c3-*")
+    assert complete(new)["dense"] == complete(run_4x(copy))["dense"]  # the same model again
+    assert path.is_file()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", RECORDS)
 def test_results_plot_and_show_name_a_damaged_run(copy, name, kind, capsys):

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from shrinkbench_core.data import DataSplits
+from shrinkbench_core.errors import CheckpointError, MaskError
 from shrinkbench_core.experiment.atomic import atomic_write_json, read_json
 from shrinkbench_core.experiment.context import RunContext, pick_device, seed_offset
 from shrinkbench_core.experiment.distributed import distributed_record
@@ -210,6 +211,16 @@ class Experiment:
         first_line = error.splitlines()[0] if error else None
         events.emit("shrinkbench_run_end", status=status, metrics=metrics, error=first_line)
 
+    def _saved_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The masks to resume with (``masks.pt``); a damaged file is one clear error."""
+        try:
+            return load_masks(self.run_dir.masks, model)
+        except MaskError as error:
+            raise CheckpointError(
+                f"cannot resume: {str(error).splitlines()[0][:300]}. Rerun with --force to "
+                "start the run again."
+            ) from None
+
     # -- the pipeline -------------------------------------------------------------
     def _run(self, schedule: Schedule, progress: dict[str, Any] | None) -> RunResult:
         ctx, config = self.context, self.config
@@ -228,7 +239,7 @@ class Experiment:
 
         resumed_from = None
         if progress:  # fine-tuning had committed an epoch: continue after it
-            masks = {} if schedule.during_training else load_masks(self.run_dir.masks, model)
+            masks = {} if schedule.during_training else self._saved_masks(model)
             start_epoch = resumed_from = restore_model(model, self.run_dir)
             with timer.phase("dense"):  # the dense model, to time dense vs pruned
                 ctx.dense_model = ctx.build_model()
