@@ -277,3 +277,15 @@ def test_a_sweep_rerun_redoes_what_it_can_and_names_the_rest(tmp_path, capsys):
     outcomes = {Path(r["name"]).name: r for r in record["runs"]}
     assert outcomes[two.name]["status"] == "succeeded"
     assert "a folder is in its place" in outcomes[run_4x(out).name]["error"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", ["model.pt", "masks.pt"])
+def test_export_names_a_damaged_file(copy, name, kind, capsys):
+    path = target(copy, name)
+    damage(path, kind)
+    code = main(["export", str(run_4x(copy)), "--out", str(copy / "model-export.pt")])
+    err = capsys.readouterr().err
+    no_traceback(err)
+    assert code == 2 and str(path) in err and "--force" in err, err
+    assert not (copy / "model-export.pt").exists()

@@ -77,7 +77,12 @@ def from_run(
         raise UserError(f"no run directory at {run.path}")
     if not run.config.is_file():
         raise UserError(f"{run.path} is not a run directory (it has no config.json)")
-    if not run.is_complete or not run.model.is_file():
+    if run.is_complete and not run.model.is_file():
+        raise UserError(
+            f"{run.model} is missing or not a file, in a complete run; rerun the run's command "
+            "with --force to redo it"
+        )
+    if not run.is_complete:
         status = run.status().get("status", "not started")
         raise UserError(
             f"run {run.path} is not complete (status: {status}), so it has no final model to "
@@ -87,7 +92,12 @@ def from_run(
     record = read_json(run.config) or {}
     config = record.get("config") or {}
     built, architecture = _build(config, model, run.path)
-    state = torch.load(run.model, map_location="cpu", weights_only=True)
+    redo = "rerun the run's command with --force to redo it"
+    try:
+        state = torch.load(run.model, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated or corrupted after the run completed
+        reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:160]}"
+        raise UserError(f"{run.model} is damaged ({reason}); {redo}") from None
     try:
         built.load_state_dict(state)
     except RuntimeError as error:
@@ -95,7 +105,10 @@ def from_run(
             f"the weights in {run.model} do not fit the model {architecture.get('name', '')}: "
             f"{str(error).splitlines()[0]}. Pass model= the architecture the run trained."
         ) from None
-    masks = load_masks(run.masks, built) if run.masks.is_file() else {}
+    try:
+        masks = load_masks(run.masks, built) if run.masks.exists() else {}
+    except UserError as error:
+        raise UserError(f"{str(error).splitlines()[0][:300]}; {redo}") from None
     apply_masks(built, masks)
     shape = architecture.get("input_shape")
     if example_input is None:
