@@ -132,3 +132,24 @@ def test_untraceable_model_falls_back_to_layer_channels_with_a_warning():
         rows = mask.reshape(mask.shape[0], -1)
         assert (rows.all(1) | ~rows.any(1)).all()
     assert not all(mask.all() for mask in masks.values())
+
+
+def test_channel_taylor_uniform_runs_end_to_end_and_reports_the_shrunk_model(tmp_path):
+    """`-p strategy.uniform=true` and ChannelTaylor through the runner; the `structured`
+    metric in metrics.json holds the shrunk sizes and the (empty) unsupported list."""
+    import json
+
+    from shrinkbench_core.cli import run_main
+
+    args = [
+        "--strategy", "ChannelTaylor", "--compression", "2", "--output", str(tmp_path),
+        "-p", "strategy.uniform=true", "-p", "calibration_batches=2",
+        "-p", "model.hidden_sizes=[64,64]", "-p", "dense.epochs=1", "-p", "finetune.epochs=0",
+        "-p", "metrics=[size,structured]", "--quiet",
+    ]  # fmt: skip
+    assert run_main(args) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    pruned = json.loads((run / "metrics.json").read_text())["pruned"]
+    structured = pruned.get("metrics", pruned)["structured"]
+    assert structured["params_after"] < structured["params_before"] / 1.9
+    assert structured["unsupported"] == [] and structured["unsupported_count"] == 0
