@@ -104,6 +104,17 @@ def test_dead_zeros_are_exactly_the_zeros_that_never_move(one_thread):
     assert dead == stuck > 0
 
 
+def test_a_model_the_probe_cannot_run_keeps_the_plain_budget():
+    """Token inputs guessed as floats fail in the embedding: nothing is counted, no error."""
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Flatten(), nn.Linear(32, 4))
+    with torch.no_grad():
+        model[2].bias.zero_()
+    strategy = GlobalMagWeight(model, 2, prunable=["0.weight", "2.weight"], input_shape=(4,))
+    masks = strategy.apply(count_dead=True)
+    assert strategy.dead_zero_count == 0
+    assert sum(int(m.sum()) for m in masks.values()) == strategy.keep
+
+
 def test_a_seeded_random_selection_stays_seeded(one_thread):
     models = [CifarResNet(20) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())

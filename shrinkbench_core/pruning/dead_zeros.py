@@ -54,8 +54,9 @@ def dead_zeros(
 ) -> int | None:
     """Zero entries of unmasked parameters that get no gradient once ``masks`` are applied.
 
-    The model is left as it was (weights, buffers, gradients, mode). None when the model's
-    output is not a tensor (no generic loss to probe with).
+    The model is left as it was (weights, buffers, gradients, mode). None when the probe
+    cannot run: the model's output is not a floating-point tensor (no generic loss to probe
+    with) or the forward or backward pass fails on ``inputs``.
     """
     from shrinkbench_core.pruning.strategy import preserved_state  # no import cycle
 
@@ -73,12 +74,15 @@ def dead_zeros(
                 params[name].mul_(mask.to(params[name].device, params[name].dtype))
         with preserved_state(model, train=True):
             model.zero_grad(set_to_none=True)
-            output = model(inputs.to(device))
-            if not isinstance(output, torch.Tensor):
+            try:
+                output = model(inputs.to(device))
+                if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+                    return None
+                generator = torch.Generator().manual_seed(0)
+                weights = torch.randn(output.shape, generator=generator).to(output)
+                (output * weights).sum().backward()
+            except Exception:  # inputs the model does not take, out of memory: no probe
                 return None
-            generator = torch.Generator().manual_seed(0)
-            weights = torch.randn(output.shape, generator=generator).to(output)
-            (output * weights).sum().backward()
             dead = 0
             for p in watched.values():
                 grad = p.grad if p.grad is not None else torch.zeros_like(p)
