@@ -35,12 +35,13 @@ def probe_batch(
     input_shape: Sequence[int] | None,
     seed: int = 0,
 ) -> torch.Tensor | None:
-    """Inputs to probe gradients with: the first calibration batch, else a seeded standard
-    normal batch of ``input_shape`` (None when neither is known)."""
+    """Inputs to probe gradients with (up to :data:`PROBE_BATCH` examples): the first
+    calibration batch, else a seeded standard normal batch of ``input_shape`` (None when
+    neither is known)."""
     if calibration:
         inputs = calibration[0][0]
         if isinstance(inputs, torch.Tensor) and inputs.shape[0] > 1:
-            return inputs
+            return inputs[:PROBE_BATCH]
     if input_shape is None:
         return None
     generator = torch.Generator().manual_seed(seed)
