@@ -18,7 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="tradeoff curves of the runs under DIR (PNG or PDF)",
         description="Accuracy against compression ratio or theoretical speedup: one panel per "
         "(dataset, model), one line per strategy, mean and standard deviation over seeds, "
-        "log-2 x axis, the dense accuracy as a reference line.",
+        "log-2 x axis, the dense accuracy as a reference line. Only complete runs are drawn; "
+        "damaged ones are named on stderr.",
     )
     parser.add_argument("dir", help="a sweep's output folder (or any folder of run directories)")
     parser.add_argument("--x", choices=("compression", "speedup", "sparsity"),

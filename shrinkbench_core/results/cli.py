@@ -22,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "speedup and latency (dense and pruned timed in turns), status and path. The terminal "
         "table shows the main columns, csv, markdown and json all of them (or --columns); "
         "table and markdown format cells as the run summary does and list failed runs with "
-        "their error under the table.",
+        "their error under the table, and damaged runs (an unreadable config.json, "
+        "status.json or metrics.json) with the file and what to do.",
     )
     parser.add_argument("dir", help="a sweep's output folder, a run directory, or a folder of them")
     parser.add_argument("--format", choices=FORMATS, default="table",
