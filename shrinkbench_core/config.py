@@ -206,8 +206,12 @@ def _tracker_list(value: Any) -> Any:
     for item in value:
         if isinstance(item, str):
             items += [{"name": name.strip()} for name in item.split(",") if name.strip()]
-        else:
+        elif isinstance(item, dict):
             items.append(item)
+        else:
+            raise ValueError(
+                f"each entry is a tracker name or a table {{name, params}}, not {item!r}"
+            )
     return items
 
 

@@ -170,8 +170,13 @@ def test_trackers_leave_digests_unchanged(name):
 
 def test_tracker_entries_must_be_names_or_tables():
     with pytest.raises(ConfigError) as error:
-        build_config({"trackers": [3]})
-    assert "trackers.0" in str(error.value)
+        build_config({"trackers": ["tensorboard", 3]})
+    assert error.value.problems == [
+        "trackers: each entry is a tracker name or a table {name, params}, not 3"
+    ]
+    with pytest.raises(ConfigError) as error:
+        build_config({"trackers": [{"params": {}}]})
+    assert error.value.problems[0].startswith("trackers[0].name:")
 
 
 # -- checks before anything runs -------------------------------------------------------------
