@@ -104,6 +104,24 @@ def test_dead_zeros_are_exactly_the_zeros_that_never_move(one_thread):
     assert dead == stuck > 0
 
 
+@pytest.mark.parametrize("name", ["SNIP", "LayerMagWeight"])
+def test_other_strategies_at_initialization_reach_64x(name, one_thread):
+    """The README's SNIP recipe (calibration data as the probe) and a layerwise budget."""
+    from shrinkbench_strategies import init_pruning, magnitude
+
+    cls = getattr(init_pruning, name, None) or getattr(magnitude, name)
+    generator = torch.Generator().manual_seed(0)
+    calibration = [(torch.randn(16, *SHAPE, generator=generator),
+                    torch.randint(0, 10, (16,), generator=generator))]
+    torch.manual_seed(0)
+    model = CifarResNet(20)
+    strategy = cls(model, 64, classifier="fc", calibration=calibration)
+    masks = strategy.apply(count_dead=True)
+    fine_tune(model, masks)
+    nonzero, total = nonzero_and_total(model)
+    assert nonzero == round(total / 64) and strategy.dead_zero_count > 0
+
+
 def test_a_model_the_probe_cannot_run_keeps_the_plain_budget():
     """Token inputs guessed as floats fail in the embedding: nothing is counted, no error."""
     model = nn.Sequential(nn.Embedding(10, 8), nn.Flatten(), nn.Linear(32, 4))

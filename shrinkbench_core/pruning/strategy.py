@@ -217,8 +217,9 @@ class Strategy:
         Applies to selections that keep exactly ``self.keep`` weights (a pattern or a
         channel strategy fixes its own count) when a probe input is known (calibration
         data or ``input_shape``) and a parameter outside the masks holds zeros. Found by
-        bisection over the number kept, reselecting with the strategy reseeded; the number
-        found is :attr:`dead_zero_count` (0 when nothing was dead).
+        search over the number kept (a step by the zeros that died, else bisection),
+        reselecting with the strategy reseeded; how many more weights it keeps is
+        :attr:`dead_zero_count` (0 when nothing was dead).
         """
         self.dead_zero_count = 0
         base, target = self.budget, self.budget.keep
@@ -246,11 +247,13 @@ class Strategy:
             if reached is None:
                 self.budget = base
                 return masks
-        while high - low > 1:  # the fewest kept that still reaches the target
-            middle = (low + high) // 2
+        while high - low > 1 and reached > target:  # fewer kept, still reaching the target
+            guess = high - (reached - target)  # as if no more zeros died: exact when none do
+            middle = guess if low < guess < high else (low + high) // 2
             selection = self._reselect(middle)
-            if (alive(selection) or 0) >= target:
-                high, best = middle, selection
+            value = alive(selection) or 0
+            if value >= target:
+                high, best, reached = middle, selection, value
             else:
                 low = middle
         self.budget = dataclasses.replace(base, keep=high)
