@@ -19,22 +19,37 @@ from typing import IO, Any
 
 from shrinkbench_core.errors import UserError
 
-_DEFERRED = {signal.SIGINT, signal.SIGTERM}
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
 def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back in this block (where the platform can); deliver them after."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not (
-        threading.main_thread()
-    ):
+    """Hold SIGINT/SIGTERM back in this block; deliver them, once each, after it.
+
+    The Python-level handlers are swapped for a recorder rather than blocking the signals
+    with ``pthread_sigmask``: a process-directed signal blocked in the main thread would be
+    delivered to another thread (torch, onnxruntime or a tracker's), and Python would still
+    run its handler in the main thread in the middle of the write. Only the main thread can
+    set handlers; elsewhere the block runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    received: list[int] = []
+    previous: dict[int, Any] = {}
+    for signum in _DEFERRED:
+        handler = signal.getsignal(signum)
+        if handler is None:  # installed outside Python: cannot be restored, leave it
+            continue
+        previous[signum] = handler
+        signal.signal(signum, lambda number, _frame: received.append(number))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
 
 
 def _umask() -> int:
