@@ -78,7 +78,12 @@ class DataConfig(ComponentConfig):
     name: str = "digits"
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(512, ge=1)
-    workers: int = Field(0, ge=0)
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        0,
+        description="DataLoader worker processes; 'auto' picks them per device and core count "
+        "(shrinkbench_core.experiment.loading). Pinned memory and persistent workers always "
+        "follow the device.",
+    )
 
 
 class ModelConfig(ComponentConfig):

@@ -44,3 +44,36 @@ def test_settings_build_a_dataloader_that_reads_every_example():
     loader = DataLoader(data, batch_size=4, **loader_settings("cpu", workers=1).kwargs())
     for _epoch in range(2):  # persistent workers serve a second epoch
         assert sorted(int(t) for _, targets in loader for t in targets) == list(range(10))
+
+
+def _context(tmp_path, **dataset):
+    from shrinkbench_core.config import build_config
+    from shrinkbench_core.experiment.context import RunContext
+    from shrinkbench_core.experiment.resolve import resolve_config
+    from shrinkbench_core.experiment.rundir import RunDirectory
+    from shrinkbench_core.registry import get_registry
+
+    config = build_config({"dataset": dataset, "output": str(tmp_path), "device": "cpu"})
+    return RunContext(resolve_config(config, get_registry()), RunDirectory(tmp_path / "run"))
+
+
+def test_the_runner_builds_its_loaders_from_the_device_settings(tmp_path):
+    auto = _context(tmp_path, workers="auto")
+    expected = loader_settings("cpu")
+    workers, options = auto.loader_options(persistent=True)
+    assert workers == expected.num_workers and options["pin_memory"] == expected.pin_memory
+    two = _context(tmp_path, workers=2)
+    loaders = two.loaders()
+    assert loaders["test"].num_workers == 2 and loaders["test"].persistent_workers
+    train = two.train_loader("dense", 1)  # a new loader each epoch: its workers do not persist
+    assert train.num_workers == 2 and not train.persistent_workers
+    assert next(iter(loaders["test"]))[0].shape[0] > 0
+
+
+@pytest.mark.parametrize("value", [-1, "many", 1.5])
+def test_workers_accept_a_count_or_auto_only(value):
+    from shrinkbench_core.config import build_config
+    from shrinkbench_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dataset.workers"):
+        build_config({"dataset": {"workers": value}})

@@ -21,8 +21,9 @@ from torch import nn
 
 from shrinkbench_core.config import SeedConfig
 from shrinkbench_core.data import DataSplits
-from shrinkbench_core.experiment.distributed import in_process_group, sharded_loader
+from shrinkbench_core.experiment.distributed import in_process_group, sharded_loader, world_size
 from shrinkbench_core.experiment.evaluation import evaluate_stage
+from shrinkbench_core.experiment.loading import loader_settings
 from shrinkbench_core.experiment.precision import to_channels_last
 from shrinkbench_core.experiment.resolve import ResolvedExperiment
 from shrinkbench_core.experiment.rundir import RunDirectory
@@ -116,14 +117,31 @@ class RunContext:
         splits = splits or self.data()
         return math.ceil(len(splits.train) / self.config.dataset.batch_size)
 
+    def loader_options(self, *, persistent: bool) -> tuple[int, dict[str, Any]]:
+        """Worker count and DataLoader options for this run's device.
+
+        ``dataset.workers`` (a count, or ``auto`` for the per-device default) sets the
+        workers; pinned memory follows the device. ``persistent`` keeps workers alive
+        between passes, for loaders that are iterated more than once.
+        """
+        workers = self.config.dataset.workers
+        settings = loader_settings(
+            self.device, None if workers == "auto" else workers, processes=world_size()
+        )
+        options = settings.kwargs()
+        count = options.pop("num_workers")
+        options["persistent_workers"] = persistent and count > 0
+        return count, options
+
     def loaders(self, splits: DataSplits | None = None) -> dict[str, Any]:
         """Evaluation loaders (no shuffling) for validation and test."""
         splits = splits or self.data()
-        batch, workers = self.config.dataset.eval_batch_size, self.config.dataset.workers
-        loaders = {"test": seeded_loader(splits.test, batch, workers, 0, shuffle=False)}
+        batch = self.config.dataset.eval_batch_size
+        workers, options = self.loader_options(persistent=True)
+        loaders = {"test": seeded_loader(splits.test, batch, workers, 0, False, **options)}
         if splits.validation is not None and len(splits.validation):
             loaders["validation"] = seeded_loader(
-                splits.validation, batch, workers, 0, shuffle=False
+                splits.validation, batch, workers, 0, False, **options
             )
         return loaders
 
@@ -135,19 +153,22 @@ class RunContext:
         """
         offset = seed_offset(stage)
         torch.manual_seed(self.seeds.augmentation + offset + epoch)
+        workers, options = self.loader_options(persistent=False)  # a new loader per epoch
         if in_process_group():  # torchrun: this rank's shard of each global batch
             return sharded_loader(
                 self.data().train,
                 self.config.dataset.batch_size,
-                self.config.dataset.workers,
+                workers,
                 self.seeds.data_order + offset + epoch,
+                **options,
             )
         return seeded_loader(
             self.data().train,
             self.config.dataset.batch_size,
-            self.config.dataset.workers,
+            workers,
             self.seeds.data_order + offset + epoch,
             shuffle=True,
+            **options,
         )
 
     def calibration_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -220,7 +220,7 @@ def world_size() -> int:
 
 
 def sharded_loader(
-    dataset: Dataset, global_batch: int, workers: int, seed: int
+    dataset: Dataset, global_batch: int, workers: int, seed: int, **options: Any
 ) -> torch.utils.data.DataLoader:
     """This rank's part of an epoch: ``global_batch / world_size`` examples per step.
 
@@ -239,7 +239,7 @@ def sharded_loader(
                                   context=DistributedContext(dist.get_rank() if ranks > 1 else 0,
                                                              ranks))
     return torch.utils.data.DataLoader(
-        dataset, batch_size=global_batch // ranks, sampler=sampler, num_workers=workers
+        dataset, batch_size=global_batch // ranks, sampler=sampler, num_workers=workers, **options
     )
 
 

@@ -182,8 +182,14 @@ def train_epochs(
     return rows
 
 
-def seeded_loader(dataset, batch_size: int, workers: int, seed: int, shuffle: bool) -> DataLoader:
-    """A loader whose order depends only on ``seed`` (set per epoch for resumability)."""
+def seeded_loader(
+    dataset, batch_size: int, workers: int, seed: int, shuffle: bool, **options: Any
+) -> DataLoader:
+    """A loader whose order depends only on ``seed`` (set per epoch for resumability).
+
+    ``options`` are further DataLoader arguments (``pin_memory``, ``persistent_workers``,
+    ``prefetch_factor``: see :func:`shrinkbench_core.experiment.loading.loader_settings`).
+    """
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
@@ -192,4 +198,5 @@ def seeded_loader(dataset, batch_size: int, workers: int, seed: int, shuffle: bo
         num_workers=workers,
         generator=generator,
         drop_last=False,
+        **options,
     )
