@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from shrinkbench_core.cli import main, run_main
 from shrinkbench_core.experiment import training
@@ -100,6 +101,8 @@ def complete(path: Path) -> dict:
 def test_rerun_rewrites_the_damage_or_names_the_file(copy, name, kind, capsys):
     before = complete(run_4x(copy))
     path = target(copy, name)
+    weights = name in ("model.pt", "masks.pt")
+    keys_before = set(torch.load(path, weights_only=True)) if weights else None
     damage(path, kind)
     code = run_main(args(4, copy))
     err = capsys.readouterr().err
@@ -111,6 +114,8 @@ def test_rerun_rewrites_the_damage_or_names_the_file(copy, name, kind, capsys):
     assert after["finetuned"]["size"] == before["finetuned"]["size"]
     if name in RECORDS:  # the run's own record is rewritten, identical where deterministic
         assert path.is_file() and after["finetuned"]["accuracy"] == before["finetuned"]["accuracy"]
+    if weights:  # never left damaged behind "already complete"
+        assert set(torch.load(path, weights_only=True)) == keys_before
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import os
 import shutil
 import socket
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,8 +89,16 @@ class RunDirectory:
     @property
     def is_complete(self) -> bool:
         """Whether the run finished: status ``complete``, readable ``metrics.json`` and
-        ``config.json`` (a damaged one makes a rerun resume and rewrite them)."""
+        ``config.json``, and ``model.pt`` / ``masks.pt`` whole (a damaged one makes a rerun
+        resume and rewrite them).
+
+        The weight files are checked as ``torch.save`` writes them, a zip archive: its
+        central directory sits at the end, so a truncated, emptied or overwritten file fails
+        the check without reading the tensors.
+        """
         if self.status().get("status") != COMPLETE:
+            return False
+        if not all(zipfile.is_zipfile(f) for f in (self.model, self.masks) if f.exists()):
             return False
         try:
             return all(isinstance(read_json(f), dict) for f in (self.metrics, self.config))
