@@ -77,12 +77,15 @@ def from_run(
         raise UserError(f"no run directory at {run.path}")
     if not run.config.is_file():
         raise UserError(f"{run.path} is not a run directory (it has no config.json)")
-    if run.is_complete and not run.model.is_file():
+    # the status says whether the run finished; damaged weight files are named below
+    # (``is_complete`` would also fail on them, with a less helpful message)
+    finished = run.status().get("status") == "complete"
+    if finished and not run.model.is_file():
         raise UserError(
             f"{run.model} is missing or not a file, in a complete run; rerun the run's command "
             "with --force to redo it"
         )
-    if not run.is_complete:
+    if not finished:
         status = run.status().get("status", "not started")
         raise UserError(
             f"run {run.path} is not complete (status: {status}), so it has no final model to "
