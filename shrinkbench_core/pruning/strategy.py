@@ -340,13 +340,17 @@ def compute_gradients(
 ) -> dict[str, torch.Tensor]:
     """Mean gradient of the cross-entropy over ``batches`` for the named parameters
     (in eval mode, or in train mode with ``train``)."""
+    from shrinkbench_core.experiment.training import IGNORE_INDEX, scores_and_labels
+
     params = dict(model.named_parameters())
     device = _device(model)
     totals = {name: torch.zeros_like(params[name]) for name in names}
     with preserved_state(model, train):
         for inputs, targets in batches:
             model.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(inputs.to(device)), targets.to(device))
+            # (N, C) scores with (N,) labels, or language models' (N, T, V) with (N, T)
+            scores, labels = scores_and_labels(model(inputs.to(device)), targets.to(device))
+            loss = nn.functional.cross_entropy(scores, labels, ignore_index=IGNORE_INDEX)
             loss.backward()
             for name in names:
                 if params[name].grad is not None:

@@ -1,0 +1,382 @@
+"""Structured shrinking of Hugging Face decoder blocks: attention heads (grouped-query
+attention included) and MLP units of tiny random LLaMA, OPT and GPT-2 models.
+
+Every shrunk model must give the masked model's logits on a fresh input of another
+length, with random weights large enough that the check cannot pass by accident
+(the masked logits differ from the dense ones). Parameter counts are computed by
+hand from the configs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+
+from shrinkbench_core.errors import UserError  # noqa: E402
+from shrinkbench_core.pruning.channels.hf_attention import analyze_hf  # noqa: E402
+from shrinkbench_core.pruning.channels.selection import lowest_norm_channels  # noqa: E402
+from shrinkbench_core.pruning.masks import apply_masks  # noqa: E402
+from shrinkbench_core.pruning.shrink import resize_like, shrink_model  # noqa: E402
+from shrinkbench_core.pruning.structured import (  # noqa: E402
+    TraceError,
+    analyze_channels,
+    complete_channel_masks,
+    mask_channels,
+)
+
+ATOL = 1e-5  # logits of the shrunk vs the masked model (float32), relative to their scale
+VOCAB = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class CausalLM(nn.Module):
+    """As the LM plugin's hf-causal-lm: ``forward(input_ids)`` returns the logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights of a size that keeps attention soft (std 0.3; norms around 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            is_norm = "norm" in name or name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight"))
+            param.copy_(1 + 0.2 * noise if is_norm and name.endswith("weight") else 0.3 * noise)
+    return model.eval()
+
+
+def llama(**overrides) -> nn.Module:
+    settings = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = transformers.LlamaConfig(**{**settings, **overrides})  # fmt: skip
+    torch.manual_seed(0)
+    return randomize(CausalLM(transformers.LlamaForCausalLM(config)))
+
+
+def opt() -> nn.Module:
+    config = transformers.OPTConfig(
+        vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+        word_embed_proj_dim=32, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return randomize(CausalLM(transformers.OPTForCausalLM(config)))
+
+
+def gpt2(convert: bool = True) -> nn.Module:
+    from shrinkbench_llm.models import conv1d_to_linear
+
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    if convert:
+        conv1d_to_linear(model)
+    return randomize(CausalLM(model))
+
+
+def ids(length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (2, length), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(tokens)
+
+
+def shrink_half(model: nn.Module, gqa: str = "kv_groups"):
+    """Half of every group's removal units by lowest L1 norm; the shrunk model must give
+    the masked model's logits on a fresh input of another length."""
+    example = ids(7)
+    analysis = analyze_channels(model, example, gqa=gqa)
+    masks = mask_channels(model, lowest_norm_channels(model, analysis.groups(), 0.5))
+    result = shrink_model(model, masks, example, analysis=analysis, atol=ATOL)
+    masked = copy.deepcopy(model)
+    apply_masks(masked, complete_channel_masks(model, masks, example, analysis=analysis))
+    fresh = ids(11, seed=2)
+    expected = logits(masked, fresh)
+    assert not torch.allclose(expected, logits(model, fresh), atol=1e-2)  # masks change outputs
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(logits(result.model, fresh), expected, rtol=1e-4,
+                               atol=ATOL * max(scale, 1.0))  # fmt: skip
+    return analysis, result
+
+
+def params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def by_producers(analysis):
+    return {group.producers: group for group in analysis.groups()}
+
+
+# -- hand-built modules: one rule each -------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """A bare LlamaAttention with its rotary embedding (no model around it)."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
+
+        self.rotary = LlamaRotaryEmbedding(config)
+        self.attention = LlamaAttention(config, layer_idx=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[1])[None].expand(x.shape[0], -1)
+        return self.attention(x, self.rotary(x, positions), None)[0]
+
+
+def tiny_llama_config(**overrides):
+    settings = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=VOCAB)  # fmt: skip
+    return transformers.LlamaConfig(**{**settings, **overrides})
+
+
+def test_kv_group_ties_a_key_value_head_to_its_query_heads():
+    model = randomize(Attention(tiny_llama_config()))
+    x = torch.randn(2, 5, 32)
+    analysis = analyze_hf(model)
+    (heads,) = [g for g in analysis.groups() if any(c.removable for c in g.channels)]
+    assert heads.producers == ("attention.q_proj.weight", "attention.k_proj.weight",
+                               "attention.v_proj.weight")  # fmt: skip
+    first = heads.channels[0]
+    assert first.producers["attention.q_proj.weight"] == tuple(range(16))  # query heads 0, 1
+    assert first.producers["attention.k_proj.weight"] == tuple(range(8))  # key/value head 0
+    assert first.consumers["attention.o_proj.weight"] == tuple(range(16))
+    assert heads.size == 2 and heads.slots() is None
+    masks = mask_channels(model, [heads.channels[1]])
+    result = shrink_model(model, masks, x, analysis=analysis)
+    shrunk = result.model.attention
+    assert (shrunk.q_proj.out_features, shrunk.k_proj.out_features) == (16, 8)
+    assert shrunk.num_key_value_groups == 2 and result.unsupported == []
+    masked = copy.deepcopy(model)
+    apply_masks(masked, complete_channel_masks(model, masks, x, analysis=analysis))
+    torch.testing.assert_close(logits(result.model, x), logits(masked, x), rtol=1e-4, atol=ATOL)
+
+
+def test_query_heads_mode_removes_as_many_query_heads_from_every_group():
+    model = randomize(Attention(tiny_llama_config()))
+    x = torch.randn(2, 5, 32)
+    analysis = analyze_hf(model, gqa="query_heads")
+    groups = by_producers(analysis)
+    queries = groups[("attention.q_proj.weight",)]
+    assert queries.slots() == [0, 0, 1, 1] and len(queries.removable) == 4
+    assert groups[("attention.k_proj.weight", "attention.v_proj.weight")].removable == []
+    # one query head from each key/value group: shrinks, one query head per group
+    result = shrink_model(model, mask_channels(model, queries.channels[1:3]), x, analysis=analysis)
+    shrunk = result.model.attention
+    assert (shrunk.q_proj.out_features, shrunk.k_proj.out_features) == (16, 16)
+    assert shrunk.num_key_value_groups == 1 and result.unsupported == []
+    # two query heads of the same group: the groups would differ, so the heads are kept
+    result = shrink_model(model, mask_channels(model, queries.channels[:2]), x, analysis=analysis)
+    assert result.model.attention.q_proj.out_features == 32
+    assert [entry.operation for entry in result.unsupported] == ["attention (GQA)"]
+    with pytest.raises(ValueError, match="kv_groups, query_heads"):
+        analyze_hf(model, gqa="pairs")
+
+
+def test_gated_mlp_ties_gate_and_up_rows_to_down_columns():
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    model = randomize(nn.Sequential(LlamaMLP(tiny_llama_config())))
+    model[0].config = tiny_llama_config()
+    (units,) = [g for g in analyze_hf(model).groups() if g.removable]
+    assert units.producers == ("0.gate_proj.weight", "0.up_proj.weight") and units.size == 64
+    assert units.channels[5].consumers == {"0.down_proj.weight": (5,)}
+    x = torch.randn(3, 32)
+    result = shrink_model(model, mask_channels(model, units.channels[::2]), x)
+    assert result.model[0].down_proj.in_features == 32 and result.max_abs_diff is not None
+
+
+def test_fused_gpt2_attention_ties_q_k_v_thirds_of_c_attn():
+    model = gpt2()
+    groups = by_producers(analyze_channels(model, ids(5)))
+    heads = groups[("model.transformer.h.0.attn.c_attn.weight",)]
+    assert heads.channels[1].producers["model.transformer.h.0.attn.c_attn.weight"] == (
+        *range(8, 16), *range(40, 48), *range(72, 80)
+    )
+    assert heads.channels[1].consumers == {"model.transformer.h.0.attn.c_proj.weight":
+                                           tuple(range(8, 16))}  # fmt: skip
+    assert groups[("model.transformer.h.0.mlp.c_fc.weight",)].size == 128
+
+
+# -- whole models ----------------------------------------------------------------------------
+
+
+def test_llama_gqa_loses_whole_kv_groups_and_mlp_units():
+    model = llama()
+    analysis, result = shrink_half(model)
+    hidden, head_dim, layers = 32, 8, 2
+    embed = VOCAB * hidden  # input embedding, and again the untied lm_head
+
+    def layer(q_heads, kv_heads, units):
+        attention = 2 * hidden * q_heads * head_dim + 2 * hidden * kv_heads * head_dim
+        return attention + 3 * hidden * units + 2 * hidden  # MLP, two RMSNorms
+
+    assert result.params_before == params(model) == 2 * embed + hidden + layers * layer(4, 2, 64)
+    assert result.params_after == params(result.model) == (
+        2 * embed + hidden + layers * layer(2, 1, 32)
+    )
+    assert result.compression == pytest.approx(22688 / 13472)
+    shrunk = result.model.model
+    for block in shrunk.model.layers:
+        assert block.self_attn.num_key_value_groups == 2  # every group keeps its size
+        assert block.self_attn.k_proj.out_features == 8 and block.mlp.up_proj.out_features == 32
+    config = shrunk.config
+    assert (config.num_attention_heads, config.num_key_value_heads) == (2, 1)
+    assert config.intermediate_size == 32 and config.head_dim == head_dim
+    assert model.model.config.num_attention_heads == 4  # the original is untouched
+    assert result.unsupported == []
+    # the shrunk config builds the shrunk architecture
+    rebuilt = CausalLM(transformers.LlamaForCausalLM(config))
+    rebuilt.load_state_dict(result.model.state_dict())
+    torch.testing.assert_close(logits(rebuilt, ids(9)), logits(result.model, ids(9)))
+
+
+def test_shrunk_llama_generates_what_the_masked_model_generates():
+    model = llama()
+    example = ids(7)
+    analysis = analyze_channels(model, example)
+    masks = mask_channels(model, lowest_norm_channels(model, analysis.groups(), 0.5))
+    result = shrink_model(model, masks, example, analysis=analysis)
+    masked = copy.deepcopy(model)
+    apply_masks(masked, complete_channel_masks(model, masks, example, analysis=analysis))
+    prompt = ids(4, seed=3)
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    expected = masked.model.generate(prompt, **settings)  # with a KV cache
+    assert torch.equal(result.model.model.generate(prompt, **settings), expected)
+
+
+def test_llama_query_heads_mode_keeps_every_kv_head():
+    model = llama()
+    _, result = shrink_half(model, gqa="query_heads")
+    for block in result.model.model.model.layers:
+        attention = block.self_attn
+        assert attention.q_proj.out_features == 16 and attention.k_proj.out_features == 16
+        assert attention.num_key_value_groups == 1
+    config = result.model.model.config
+    assert (config.num_attention_heads, config.num_key_value_heads) == (2, 2)
+    hidden = 32
+    layer = 4 * hidden * 16 + 3 * hidden * 32 + 2 * hidden
+    assert result.params_after == 2 * VOCAB * hidden + hidden + 2 * layer
+
+
+def test_llama_mha_and_qwen2_biases():
+    model = llama(num_key_value_heads=4, attention_bias=True)
+    _, result = shrink_half(model)
+    attention = result.model.model.model.layers[0].self_attn
+    assert attention.q_proj.bias.shape == (16,) and attention.num_key_value_groups == 1
+    config = transformers.Qwen2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    qwen = randomize(CausalLM(transformers.Qwen2ForCausalLM(config)))
+    _, result = shrink_half(qwen)
+    assert result.model.model.model.layers[0].self_attn.k_proj.bias.shape == (8,)
+
+
+def test_opt_loses_heads_and_mlp_units():
+    model = opt()
+    _, result = shrink_half(model)
+    hidden, ffn, layers, positions = 32, 64, 2, 64 + 2  # OPT offsets positions by 2
+
+    def layer(width, units):  # q, k, v, out_proj; fc1, fc2 (all with biases); 2 LayerNorms
+        attention = 3 * (hidden * width + width) + width * hidden + hidden
+        return attention + (hidden * units + units) + (units * hidden + hidden) + 4 * hidden
+
+    fixed = VOCAB * hidden + positions * hidden + 2 * hidden  # lm_head is tied to the embedding
+    assert result.params_before == fixed + layers * layer(32, ffn) == 21312
+    assert result.params_after == fixed + layers * layer(16, 32) == 12960
+    for block in result.model.model.model.decoder.layers:
+        assert block.self_attn.num_heads == 2 and block.fc1.out_features == 32
+    assert result.unsupported == []
+
+
+def test_gpt2_after_conv1d_conversion_loses_heads_and_mlp_units():
+    model = gpt2()
+    _, result = shrink_half(model)
+    for block in result.model.model.transformer.h:
+        assert block.attn.num_heads == 2 and block.attn.split_size == 16
+        assert block.attn.c_attn.out_features == 48 and block.mlp.c_fc.out_features == 64
+    assert result.compression > 1.3
+
+
+def test_gpt2_with_conv1d_is_reported_and_kept():
+    model = gpt2(convert=False)
+    analysis = analyze_channels(model, ids(5))
+    reported = analysis.unsupported()
+    assert len(reported) == 4  # attention and MLP of both blocks
+    assert all("conv1d_to_linear" in entry.reason for entry in reported)
+    assert all(not group.removable for group in analysis.groups())
+
+
+def test_unrecognised_family_falls_back_with_a_clear_message():
+    config = transformers.GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4,
+    )  # fmt: skip
+    model = CausalLM(transformers.GPTNeoXForCausalLM(config))
+    with pytest.raises(TraceError, match="supported: llama, mistral") as error:
+        analyze_channels(model, ids(5))
+    assert isinstance(error.value, UserError)
+    import shrinkbench_core as sb
+
+    with pytest.warns(UserWarning, match="cannot be followed"):
+        sb.prune(model, "GlobalChannelNorm", 1.2, example_input=ids(5), inplace=False)
+
+
+def test_resize_like_rebuilds_a_non_uniform_shrink_from_its_channel_config():
+    model = llama()
+    analysis = analyze_channels(model, ids(7))
+    groups = [g for g in analysis.groups() if g.removable]
+    heads_of_layer0 = next(g for g in groups if "layers.0.self_attn" in g.producers[0])
+    result = shrink_model(model, mask_channels(model, heads_of_layer0.channels[:1]), ids(7))
+    assert result.model.model.config.num_attention_heads == 4  # layers differ: config kept
+    fresh = resize_like(llama(), result.channel_config)
+    fresh.load_state_dict(result.model.state_dict())
+    torch.testing.assert_close(logits(fresh, ids(9)), logits(result.model, ids(9)))
+
+
+# -- the user's path: sb.prune with a channel strategy, then shrink ----------------------------
+
+
+@pytest.mark.parametrize("strategy", ["GlobalChannelNorm", "LayerChannelNorm", "ChannelTaylor"])
+def test_api_prune_with_channel_strategies_shrinks_llama(strategy):
+    import shrinkbench_core as sb
+
+    model = llama()
+    example = ids(7)
+    calibration = [(ids(7, seed=5), ids(7, seed=6))] if strategy == "ChannelTaylor" else None
+    options = {"uniform": True} if strategy != "LayerChannelNorm" else {}
+    pruned = sb.prune(model, strategy, 1.4, example_input=example, inplace=False,
+                      calibration=calibration, **options)  # fmt: skip
+    result = shrink_model(pruned.model, pruned.masks, example, atol=ATOL)
+    assert result.compression >= 1.4 * (1 - 1e-9)
+    assert result.compression == pytest.approx(pruned.compression, rel=1e-6)
+    torch.testing.assert_close(logits(result.model, ids(9)), logits(pruned.model, ids(9)),
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    layers = result.model.model.model.layers
+    assert any(block.self_attn.q_proj.out_features < 32 for block in layers)
+    assert any(block.mlp.gate_proj.out_features < 64 for block in layers)
