@@ -47,13 +47,14 @@ class AttentionSite:
 def attention_types() -> tuple[type[nn.Module], ...]:
     """Attention modules traced as leaves (their forward is not traced into)."""
     try:
+        from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
         from torchvision.models.swin_transformer import (
             ShiftedWindowAttention,
             ShiftedWindowAttentionV2,
         )
     except ImportError:  # torchvision is optional for the core
         return ()
-    return (ShiftedWindowAttention, ShiftedWindowAttentionV2)
+    return (ShiftedWindowAttention, ShiftedWindowAttentionV2, RelativePositionalMultiHeadAttention)
 
 
 def leaf_types() -> tuple[type[nn.Module], ...]:
@@ -92,6 +93,10 @@ def visit(prop: _Propagator, node: torch.fx.Node, module: nn.Module, x: Channels
         return _visit_mha(prop, node, module, x)
     if isinstance(module, PrunedMultiheadAttention):
         return prop.barrier(node, "attention already shrunk")
+    from shrinkbench_core.pruning.channels import maxvit  # needs torchvision, as these do
+
+    if isinstance(module, maxvit.RelativePositionalMultiHeadAttention):
+        return maxvit.visit(prop, node, module, x)
     return _visit_swin(prop, node, module, x)
 
 

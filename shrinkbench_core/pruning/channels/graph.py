@@ -202,6 +202,7 @@ class ChannelAnalysis:
         self._pad_elements: set[int] = set()
         self._free_elements: set[int] = set()
         self.attention: list[Any] = []  # AttentionSite of each attention module followed
+        self.stream: list[Any] = []  # stream parameters and width attributes (:mod:`.vit`)
 
     # -- union-find over elements ------------------------------------------------
 
@@ -435,7 +436,10 @@ class ChannelAnalysis:
                     editor.clear_rows(name, gone + zero)
             else:
                 editor.clear_inputs(layer.weight_name, gone)
-        return editor.result(), removed, reports
+        completed = editor.result()
+        for site in self.stream:
+            site.complete(self, model, completed, pruned, removed)
+        return completed, removed, reports
 
     def _is_zero(self, position: Position, pruned: set[int]) -> bool:
         """Whether a channel sums only masked rows (and zero padding), at least one row."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from shrinkbench_core.pruning.channels import attention, norms
+from shrinkbench_core.pruning.channels import attention, norms, vit
 from shrinkbench_core.pruning.channels.graph import (
     ChannelAnalysis,
     Channels,
@@ -100,8 +100,11 @@ def _positions(value: Any) -> Iterator[Position]:
 class _Propagator:
     """Walks an fx graph once, building a :class:`ChannelAnalysis`."""
 
-    def __init__(self, graph_module: torch.fx.GraphModule) -> None:
+    def __init__(
+        self, graph_module: torch.fx.GraphModule, root: nn.Module | None = None
+    ) -> None:
         self.graph_module = graph_module
+        self.root = root  # the traced model (its attributes, which fx does not copy)
         self.analysis = ChannelAnalysis()
         self.maps: dict[torch.fx.Node, Any] = {}
 
@@ -283,6 +286,10 @@ class _Propagator:
             return None
         if key is operator.getitem:
             return self.getitem(node)
+        if key in _CAT_OPS or key in _SUM_OPS:  # a ViT's class token, position embedding
+            stream = vit.visit_stream_parameter(self, node, key)
+            if stream is not None:
+                return stream
         if key in _CAT_OPS:
             return self.cat(node)
         if key in _SUM_OPS:
@@ -554,7 +561,9 @@ class _Propagator:
     def _reshaped(self, node: torch.fx.Node, x: Channels, sizes: list, j: int, positions):
         size = sizes[j] if j < len(sizes) else None
         self.pin_sizes(node, sizes, j)
-        if isinstance(size, int) and size != -1:
+        if isinstance(size, int) and size != -1 and not vit.width_attribute(
+            self, node, size, positions
+        ):
             return self.barrier(
                 node,
                 f"reshape with a hard-coded size {size} in dim {j}; "
