@@ -1,7 +1,7 @@
 """Structured shrinking of every torchvision classifier, beside Torch-Pruning.
 
-Run: python benchmarks/structured_coverage.py [--models a,b] [--peer] [--readme]
-     [--memory-gb 6] [--timeout 600] [--json FILE]
+Run: python benchmarks/structured_coverage.py [--models a,b] [--exclude c,d] [--peer]
+     [--grouped channels|groups] [--readme] [--memory-gb 6] [--timeout 600] [--json FILE]
 
 Each of ``torchvision.models.list_models(module=torchvision.models)`` (80
 classifiers in torchvision 0.29) is built with random weights (all-zero tensors
@@ -13,18 +13,25 @@ that the shrunk model's output equals the masked model's. Printed per model:
 parameters and multiply-adds (MACs, one image at the size used) before and
 after, parameter compression, unsupported patterns left, time. With ``--peer``,
 Torch-Pruning 1.6 (``MagnitudePruner``, L1 group importance, ``pruning_ratio=0.5``,
-the classifier ignored; it verifies nothing) runs on the same model in its own
-process and its parameter compression is printed beside ours.
+the classifier ignored; it verifies nothing, so its pruned model is only run once to
+check that it still runs) runs on the same model in its own process; its parameter
+compression (or how it failed) is printed beside ours, with the ratio ours / its and a
+summary line: on how many models Torch-Pruning succeeds, and on how many of those ours
+reaches at least 90% of its compression. ``--grouped groups`` removes whole groups of
+grouped convolutions instead of as many channels from every group.
 
 Every model runs in a child process with an address-space limit (``--memory-gb``)
 and a time limit, so one that needs too much memory fails alone and the machine
 stays usable. ``--readme`` rewrites the table between the coverage markers of
-README.md.
+README.md; with ``--peer``, the comparison between the peer markers instead (the
+coverage table is left alone). ``--json FILE`` keeps the raw results and resumes
+from them, so a long run can be stopped and continued.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -42,6 +49,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 README_BEGIN = "<!-- structured-coverage:begin -->"
 README_END = "<!-- structured-coverage:end -->"
+PEER_BEGIN = "<!-- structured-peer-coverage:begin -->"
+PEER_END = "<!-- structured-peer-coverage:end -->"
 
 INPUT_SIZES = {"inception_v3": 96}
 """Input side per model where 64 pixels does not work; ViT and MaxViT need 224."""
@@ -102,8 +111,9 @@ def macs(model: nn.Module, example: torch.Tensor) -> int:
     return count_flops(model, example).macs
 
 
-def ours(name: str, share: float = 0.5) -> dict[str, Any]:
-    """ShrinkBench on ``name``: analysis, uniform lowest-L1 selection, verified shrink."""
+def ours(name: str, share: float = 0.5, grouped: str = "channels") -> dict[str, Any]:
+    """ShrinkBench on ``name``: analysis, uniform lowest-L1 selection, verified shrink
+    (``grouped``: how grouped convolutions lose channels, see ``removal_plan``)."""
     from shrinkbench_core.pruning.channels.selection import lowest_norm_channels
     from shrinkbench_core.pruning.shrink import shrink_model
     from shrinkbench_core.pruning.structured import analyze_channels, mask_channels
@@ -114,7 +124,8 @@ def ours(name: str, share: float = 0.5) -> dict[str, Any]:
     start = time.perf_counter()
     with PeakMemory() as memory:
         analysis = analyze_channels(model, example)
-        masks = mask_channels(model, lowest_norm_channels(model, analysis.groups(), share))
+        chosen = lowest_norm_channels(model, analysis.groups(), share, grouped=grouped)
+        masks = mask_channels(model, chosen)
         result = shrink_model(model, masks, example, analysis=analysis)
     seconds = time.perf_counter() - start
     return {
@@ -126,6 +137,8 @@ def ours(name: str, share: float = 0.5) -> dict[str, Any]:
         "unsupported": len(result.unsupported),
         "unsupported_ops": sorted({u.operation for u in result.unsupported}),
         "max_abs_diff": result.max_abs_diff,
+        "verified": result.max_abs_diff is not None,  # shrink_model raises on a mismatch
+        "grouped": grouped,
         "seconds": seconds,
         "peak_bytes": memory.bytes,
         "size": input_size(name),
@@ -157,6 +170,12 @@ def peer(name: str, share: float = 0.5) -> dict[str, Any]:
         )
         pruner.step()
     seconds = time.perf_counter() - start
+    try:
+        with torch.no_grad():
+            model(example)  # a pruned model that no longer runs is a failure
+    except Exception as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise RuntimeError(f"pruned model fails ({type(error).__name__}: {message})") from error
     params_after = sum(p.numel() for p in model.parameters())
     return {
         "params_before": params_before,
@@ -164,6 +183,7 @@ def peer(name: str, share: float = 0.5) -> dict[str, Any]:
         "macs_before": macs_before,
         "macs_after": macs(model, example),
         "compression": params_before / max(params_after, 1),
+        "verified": False,  # Torch-Pruning checks nothing
         "seconds": seconds,
         "peak_bytes": memory.bytes,
     }
@@ -249,38 +269,84 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
         for name, r in results.items()
         if "compression" in r["ours"] and "compression" in r.get("peer", {})
     ]
-    if paired:
+    peered = [r for r in results.values() if "peer" in r]
+    if peered:
+        succeeded = [r for r in peered if "compression" in r["peer"]]
         below = [f"{name} {ratio:.0%}" for name, ratio in paired if ratio < 0.9]
         lines.append(
-            f"Torch-Pruning succeeded on {len(paired)}; ours >= 90% of its compression on "
-            f"{len(paired) - len(below)}" + (f" (below: {', '.join(below)})" if below else "")
+            f"Torch-Pruning succeeded on {len(succeeded)}/{len(peered)}; ours >= 90% of its "
+            f"parameter compression on {len(paired) - len(below)}/{len(succeeded)}"
+            + (f" (below: {', '.join(below)})" if below else "")
         )
     return lines
 
 
-def write_readme(text: str) -> None:
+def peer_table(results: dict[str, dict[str, Any]]) -> str:
+    """Compact comparison: ours (uniform) and Torch-Pruning's parameter compression."""
+    lines = [
+        "| model | ours (uniform) | Torch-Pruning | ours / TP | ours verified |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in sorted(results.items()):
+        if "peer" not in entry:
+            continue
+        mine, theirs = entry["ours"], entry["peer"]
+        ours_cell = f"{mine['compression']:.2f}x" if "compression" in mine else mine["error"]
+        if "compression" in theirs:
+            theirs_cell = f"{theirs['compression']:.2f}x"
+        else:
+            theirs_cell = "failed: " + theirs.get("error", "-")[:70].replace("|", "/")
+        ratio = (
+            f"{mine['compression'] / theirs['compression']:.0%}"
+            if "compression" in mine and "compression" in theirs
+            else "-"
+        )
+        verified = "yes" if mine.get("verified") else "no"
+        lines.append(f"| {name} | {ours_cell} | {theirs_cell} | {ratio} | {verified} |")
+    return "\n".join(lines)
+
+
+def write_readme(text: str, begin_marker: str = README_BEGIN, end_marker: str = README_END) -> None:
     path = ROOT / "README.md"
     content = path.read_text()
-    begin, end = content.index(README_BEGIN), content.index(README_END)
-    path.write_text(content[: begin + len(README_BEGIN)] + "\n" + text + "\n" + content[end:])
+    begin, end = content.index(begin_marker), content.index(end_marker)
+    path.write_text(content[: begin + len(begin_marker)] + "\n" + text + "\n" + content[end:])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma-separated names (default: all classifiers)")
+    parser.add_argument("--exclude", default="", help="comma-separated names to leave out")
     parser.add_argument("--peer", action="store_true", help="also run Torch-Pruning")
+    parser.add_argument("--grouped", choices=("channels", "groups"), default="channels",
+                        help="grouped convolutions lose as many channels per group, or whole "
+                        "groups")
     parser.add_argument("--memory-gb", type=float, default=6.0,
                         help="address-space limit of each model's child process, in GB")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds to wait for each model's result")
     parser.add_argument("--json", type=Path, help="write the raw results here")
-    parser.add_argument("--readme", action="store_true", help="rewrite the README table")
+    parser.add_argument("--readme", action="store_true",
+                        help="rewrite the README table (with --peer: the comparison)")
     args = parser.parse_args(argv)
     names = (
         args.models.split(",")
         if args.models
         else torchvision.models.list_models(module=torchvision.models)
     )
+    known = set(torchvision.models.list_models(module=torchvision.models))
+    unknown = [n for n in [*names, *filter(None, args.exclude.split(","))] if n not in known]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; see "
+                     "torchvision.models.list_models(module=torchvision.models)")
+    names = [n for n in names if n not in args.exclude.split(",")]
+    run_ours = functools.partial(ours, grouped=args.grouped)
+    # Imported once here, so every forked child runs the same code (and starts faster).
+    import shrinkbench_core.metrics.flops  # noqa: F401
+    import shrinkbench_core.pruning.channels.selection  # noqa: F401
+    import shrinkbench_core.pruning.shrink  # noqa: F401
+    if args.peer:
+        import torch_pruning  # noqa: F401
     results: dict[str, dict[str, Any]] = {}
     if args.json and args.json.exists():
         results = json.loads(args.json.read_text())  # resume
@@ -290,9 +356,14 @@ def main(argv: list[str] | None = None) -> None:
         tqdm = None
     iterator = tqdm(names, desc="models", file=sys.stderr) if tqdm else names
     for name in iterator:
-        if name in results and (not args.peer or "peer" in results[name]):
+        done = results.get(name, {})
+        if (
+            done
+            and done["ours"].get("grouped", "channels") == args.grouped
+            and (not args.peer or "peer" in done)
+        ):
             continue
-        entry = {"ours": isolated("ours", name, args.memory_gb, args.timeout)}
+        entry = {"ours": isolated(run_ours, name, args.memory_gb, args.timeout)}
         if args.peer:
             entry["peer"] = isolated("peer", name, args.memory_gb, args.timeout)
         results[name] = entry
@@ -306,7 +377,10 @@ def main(argv: list[str] | None = None) -> None:
             args.json.write_text(json.dumps(results, indent=1))
     text = table(results, args.peer) + "\n\n" + "\n".join(summary(results))
     print(text)
-    if args.readme:
+    if args.readme and args.peer:
+        compact = peer_table(results) + "\n\n" + "\n".join(summary(results)[1:])
+        write_readme(compact, PEER_BEGIN, PEER_END)
+    elif args.readme:
         write_readme(text)
 
 

@@ -24,7 +24,7 @@ import torch
 
 from shrinkbench_core.errors import CompressionError, UserError
 from shrinkbench_core.pruning import LayerStrategy, Masks, Strategy
-from shrinkbench_core.pruning.channels.selection import Unit, removal_units
+from shrinkbench_core.pruning.channels.selection import Unit, removal_plan
 from shrinkbench_core.pruning.structured import (
     ChannelAnalysis,
     ChannelGroup,
@@ -58,10 +58,11 @@ class TiedChannels:
     """The prunable tied channels of a strategy's model, as scored removal units, with
     exact accounting.
 
-    ``groups[g]`` lists the removal units (:func:`removal_units`: single tied
-    channels, or bundles keeping a grouped convolution balanced) of one tied group
-    whose producers are all prunable, lowest score first; a group with nothing else
-    left keeps its best unit.
+    ``groups[g]`` lists the removal units (:func:`removal_plan`: single tied
+    channels, bundles keeping a grouped convolution balanced, or with the strategy's
+    ``grouped="groups"`` whole convolution groups) of one decision whose producers are
+    all prunable, lowest score first; a decision with nothing else left keeps its best
+    unit.
     """
 
     _STEPS = 1000  # resolution of the shared fraction of the uniform selection
@@ -74,16 +75,14 @@ class TiedChannels:
         self.alive = {name: p.detach() != 0 for name, p in params.items()}
         self.nonzero = sum(int(mask.sum()) for mask in self.alive.values())
         prunable = set(strategy.prunable)
-        self.groups: list[list[Unit]] = []
-        for group in analysis.groups():
-            candidates = [
-                i for i in group.removable if set(group.channels[i].producers) <= prunable
-            ]
-            if not candidates:
-                continue
-            units = removal_units(group, scorer(group), candidates)
-            if units:
-                self.groups.append(units)
+
+        def candidates(group: ChannelGroup) -> list[int]:
+            return [i for i in group.removable if set(group.channels[i].producers) <= prunable]
+
+        grouped = getattr(strategy.options, "grouped", "channels")
+        self.groups: list[list[Unit]] = removal_plan(
+            analysis.groups(), scorer, grouped, candidates
+        )
 
     def compression_without(self, channels: Sequence[TiedChannel]) -> float:
         """All parameters / nonzero ones once ``channels`` and all they feed are removed."""

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+
+_GROUPED = Field(
+    "channels",
+    description="How grouped convolutions (ResNeXt, RegNet) lose channels: 'channels' = as "
+    "many from every convolution group; 'groups' = whole convolution groups, each group's "
+    "input and output channels together (the convolution's `groups` shrinks).",
+)
 
 
-class ChannelParameters(BaseModel):
+class _GroupedOption(BaseModel):
+    """Leaves ``grouped`` out of dumps at its default, so resolved configs (and run
+    digests) stay as they were before the option existed."""
+
+    @model_serializer(mode="wrap")
+    def _without_default_grouped(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("grouped") == "channels":
+            data.pop("grouped")
+        return data
+
+
+class ChannelParameters(_GroupedOption):
     """Options of the channel-norm strategies."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -18,9 +37,10 @@ class ChannelParameters(BaseModel):
         description="Remove the same share of every tied channel group (as Torch-Pruning's "
         "pruning_ratio) instead of ranking channels across groups; LayerChannelNorm always does.",
     )
+    grouped: Literal["channels", "groups"] = _GROUPED
 
 
-class ChannelTaylorParameters(BaseModel):
+class ChannelTaylorParameters(_GroupedOption):
     """Options of the first-order Taylor channel importance."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -29,6 +49,7 @@ class ChannelTaylorParameters(BaseModel):
         False,
         description="Remove the same share of every tied channel group (see GlobalChannelNorm).",
     )
+    grouped: Literal["channels", "groups"] = _GROUPED
 
 
 _BN_MODE = Field(
