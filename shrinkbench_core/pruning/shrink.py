@@ -30,7 +30,7 @@ from torch import nn
 
 from shrinkbench_core.metrics.flops import count_flops
 from shrinkbench_core.metrics.latency import interleaved_times
-from shrinkbench_core.pruning.channels import vit
+from shrinkbench_core.pruning.channels import hf_attention, vit
 from shrinkbench_core.pruning.channels.attention import AttentionSite, resize_heads, resize_mha
 from shrinkbench_core.pruning.masks import Masks, apply_masks
 from shrinkbench_core.pruning.structured import (
@@ -182,11 +182,15 @@ def shrink_model(
         if site.kind == "swin" and len(kept) < len(site.heads):
             resize_heads(shrunk, site, kept)
             config[site.module] = {"heads": len(kept)}
+        elif site.kind == "hf" and len(kept) < len(site.heads):
+            config[site.module] = hf_attention.resize_heads(shrunk, site, kept)
         elif site.kind == "maxvit":
             from shrinkbench_core.pruning.channels import maxvit
 
             if entry := maxvit.shrink_site(shrunk, site, kept):
                 config[site.module] = entry
+    if any(site.kind == "hf" for site in analysis.attention):
+        hf_attention.update_config(shrunk)
     stream_changes, stream_config = vit.shrink_stream(shrunk, analysis, removed, new_masks)
     changes += stream_changes  # a ViT's class token, position embedding, hidden_dim
     config.update(stream_config)
@@ -220,6 +224,9 @@ def resize_like(model: nn.Module, channel_config: dict[str, dict[str, Any]]) -> 
     Weights of resized layers are uninitialised (zeros) until loaded. Returns ``model``.
     """
     for name, sizes in channel_config.items():
+        if "hf_attention" in sizes:
+            hf_attention.resize_like(model, name, sizes)
+            continue
         if "stream" in sizes or "width" in sizes:
             vit.resize_like(model, name, sizes)
             continue

@@ -52,7 +52,7 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from shrinkbench_core.pruning.channels import attention
+from shrinkbench_core.pruning.channels import attention, hf_attention
 from shrinkbench_core.pruning.channels.graph import (
     ChannelAnalysis,
     ChannelGroup,
@@ -109,13 +109,20 @@ def as_args(example_input: Any) -> tuple[Any, ...]:
 
 
 @without_gc
-def analyze_channels(model: nn.Module, example_input: Any) -> ChannelAnalysis:
+def analyze_channels(
+    model: nn.Module, example_input: Any, *, gqa: str = "kv_groups"
+) -> ChannelAnalysis:
     """Trace ``model`` with torch.fx and follow every channel (see the module docstring).
 
     ``example_input`` is one batch (a tensor, or a tuple of the forward's
     arguments) on the model's device. The model is run once in eval mode and
-    is not modified.
+    is not modified. A model holding Hugging Face transformers is analysed by its
+    recognised blocks instead (:mod:`.channels.hf_attention`; ``gqa``: how
+    grouped-query attention loses heads, ``"kv_groups"`` or ``"query_heads"``).
     """
+    hf_analysis = hf_attention.analyze_hf(model, gqa)
+    if hf_analysis is not None:
+        return hf_analysis
     try:
         graph_module = attention.trace(model)
     except Exception as error:  # fx raises many types for untraceable code
