@@ -103,12 +103,20 @@ def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         return model.eval()(tokens)
 
 
-def shrink_half(model: nn.Module, gqa: str = "kv_groups"):
-    """Half of every group's removal units by lowest L1 norm; the shrunk model must give
-    the masked model's logits on a fresh input of another length."""
+def is_stream(group) -> bool:
+    """The residual stream's group: its channels are columns of the embeddings."""
+    return any(name.endswith(("embed_tokens.weight", "wte.weight"))
+               for name in group.channels[0].consumers)  # fmt: skip
+
+
+def shrink_half(model: nn.Module, gqa: str = "kv_groups", stream: bool = True):
+    """Half of every group's removal units by lowest L1 norm (the residual stream's too,
+    unless ``stream`` is False); the shrunk model must give the masked model's logits on
+    a fresh input of another length."""
     example = ids(7)
     analysis = analyze_channels(model, example, gqa=gqa)
-    masks = mask_channels(model, lowest_norm_channels(model, analysis.groups(), 0.5))
+    groups = [g for g in analysis.groups() if stream or not is_stream(g)]
+    masks = mask_channels(model, lowest_norm_channels(model, groups, 0.5))
     result = shrink_model(model, masks, example, analysis=analysis, atol=ATOL)
     masked = copy.deepcopy(model)
     apply_masks(masked, complete_channel_masks(model, masks, example, analysis=analysis))
@@ -224,21 +232,19 @@ def test_fused_gpt2_attention_ties_q_k_v_thirds_of_c_attn():
 # -- whole models ----------------------------------------------------------------------------
 
 
+def llama_params(hidden: int, q_heads: int, kv_heads: int, units: int, layers: int = 2) -> int:
+    """Parameters of the tiny LLaMA (head width 8, no biases, untied LM head)."""
+    attention = 2 * hidden * q_heads * 8 + 2 * hidden * kv_heads * 8
+    block = attention + 3 * hidden * units + 2 * hidden  # MLP, two RMSNorms
+    return 2 * VOCAB * hidden + hidden + layers * block  # embedding, LM head, final norm
+
+
 def test_llama_gqa_loses_whole_kv_groups_and_mlp_units():
     model = llama()
-    analysis, result = shrink_half(model)
-    hidden, head_dim, layers = 32, 8, 2
-    embed = VOCAB * hidden  # input embedding, and again the untied lm_head
-
-    def layer(q_heads, kv_heads, units):
-        attention = 2 * hidden * q_heads * head_dim + 2 * hidden * kv_heads * head_dim
-        return attention + 3 * hidden * units + 2 * hidden  # MLP, two RMSNorms
-
-    assert result.params_before == params(model) == 2 * embed + hidden + layers * layer(4, 2, 64)
-    assert result.params_after == params(result.model) == (
-        2 * embed + hidden + layers * layer(2, 1, 32)
-    )
-    assert result.compression == pytest.approx(22688 / 13472)
+    analysis, result = shrink_half(model, stream=False)
+    head_dim = 8
+    assert result.params_before == params(model) == llama_params(32, 4, 2, 64) == 22688
+    assert result.params_after == params(result.model) == llama_params(32, 2, 1, 32) == 13472
     shrunk = result.model.model
     for block in shrunk.model.layers:
         assert block.self_attn.num_key_value_groups == 2  # every group keeps its size
@@ -270,16 +276,14 @@ def test_shrunk_llama_generates_what_the_masked_model_generates():
 
 def test_llama_query_heads_mode_keeps_every_kv_head():
     model = llama()
-    _, result = shrink_half(model, gqa="query_heads")
+    _, result = shrink_half(model, gqa="query_heads", stream=False)
     for block in result.model.model.model.layers:
         attention = block.self_attn
         assert attention.q_proj.out_features == 16 and attention.k_proj.out_features == 16
         assert attention.num_key_value_groups == 1
     config = result.model.model.config
     assert (config.num_attention_heads, config.num_key_value_heads) == (2, 2)
-    hidden = 32
-    layer = 4 * hidden * 16 + 3 * hidden * 32 + 2 * hidden
-    assert result.params_after == 2 * VOCAB * hidden + hidden + 2 * layer
+    assert result.params_after == llama_params(32, 2, 2, 32)
 
 
 def test_llama_mha_and_qwen2_biases():
@@ -297,20 +301,30 @@ def test_llama_mha_and_qwen2_biases():
     assert result.model.model.model.layers[0].self_attn.k_proj.bias.shape == (8,)
 
 
-def test_opt_loses_heads_and_mlp_units():
+def opt_params(hidden: int, width: int, units: int, layers: int = 2) -> int:
+    """Parameters of the tiny OPT (biases everywhere, LM head tied to the embedding,
+    64 + 2 learned positions)."""
+    attention = 3 * (hidden * width + width) + width * hidden + hidden  # q, k, v; out_proj
+    mlp = hidden * units + units + units * hidden + hidden
+    block = attention + mlp + 4 * hidden  # two LayerNorms
+    return VOCAB * hidden + 66 * hidden + 2 * hidden + layers * block
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_opt_loses_heads_and_mlp_units(stream):
     model = opt()
-    _, result = shrink_half(model)
-    hidden, ffn, layers, positions = 32, 64, 2, 64 + 2  # OPT offsets positions by 2
-
-    def layer(width, units):  # q, k, v, out_proj; fc1, fc2 (all with biases); 2 LayerNorms
-        attention = 3 * (hidden * width + width) + width * hidden + hidden
-        return attention + (hidden * units + units) + (units * hidden + hidden) + 4 * hidden
-
-    fixed = VOCAB * hidden + positions * hidden + 2 * hidden  # lm_head is tied to the embedding
-    assert result.params_before == fixed + layers * layer(32, ffn) == 21312
-    assert result.params_after == fixed + layers * layer(16, 32) == 12960
-    for block in result.model.model.model.decoder.layers:
+    _, result = shrink_half(model, stream=stream)
+    assert result.params_before == opt_params(32, 32, 64) == 21312
+    hidden = 16 if stream else 32
+    assert result.params_after == params(result.model) == opt_params(hidden, 16, 32)
+    assert result.params_after == (6560 if stream else 12960)
+    decoder = result.model.model.model.decoder
+    for block in decoder.layers:
         assert block.self_attn.num_heads == 2 and block.fc1.out_features == 32
+        assert block.fc1.in_features == hidden == block.self_attn_layer_norm.weight.numel()
+    assert decoder.embed_positions.embedding_dim == hidden
+    lm_head = result.model.model.lm_head
+    assert lm_head.weight is decoder.embed_tokens.weight  # still tied
     assert result.unsupported == []
 
 
@@ -359,6 +373,92 @@ def test_resize_like_rebuilds_a_non_uniform_shrink_from_its_channel_config():
     torch.testing.assert_close(logits(fresh, ids(9)), logits(result.model, ids(9)))
 
 
+# -- the residual stream (embedding width) ----------------------------------------------------
+
+
+def test_llama_stream_ties_writers_rows_to_readers_columns_and_norms():
+    model = llama(num_hidden_layers=1)
+    (stream,) = [g for g in analyze_channels(model, ids(5)).groups() if is_stream(g)]
+    prefix = "model.model.layers.0."
+    assert stream.producers == (f"{prefix}self_attn.o_proj.weight", f"{prefix}mlp.down_proj.weight")
+    assert stream.size == 32 and len(stream.removable) == 32
+    channel = stream.channels[3]
+    assert set(channel.consumers) == {
+        "model.model.embed_tokens.weight", "model.lm_head.weight",
+        *(f"{prefix}self_attn.{p}_proj.weight" for p in "qkv"),
+        f"{prefix}mlp.gate_proj.weight", f"{prefix}mlp.up_proj.weight",
+    }  # fmt: skip
+    assert all(rows == (3,) for rows in channel.consumers.values())
+    assert set(channel.attached) == {f"{prefix}input_layernorm.weight",
+                                     f"{prefix}post_attention_layernorm.weight",
+                                     "model.model.norm.weight"}  # fmt: skip
+
+
+def test_llama_stream_halved_with_padded_rms_norms():
+    from shrinkbench_core.pruning.channels.hf_stream import PaddedRMSNorm
+
+    model = llama()
+    _, result = shrink_half(model)
+    assert result.params_after == params(result.model) == llama_params(16, 2, 1, 32) == 6736
+    assert result.compression == pytest.approx(22688 / 6736)  # 3.37x
+    inner = result.model.model.model
+    assert inner.embed_tokens.weight.shape == (VOCAB, 16)
+    assert isinstance(inner.norm, PaddedRMSNorm) and inner.norm.full_width == 32
+    assert result.model.model.lm_head.in_features == 16
+    assert result.model.model.config.hidden_size == 32  # the norms still count 32 channels
+    assert result.unsupported == []
+
+
+def test_gpt2_stream_with_tied_head_and_position_embedding():
+    model = gpt2()
+    _, result = shrink_half(model)
+    transformer = result.model.model.transformer
+    assert transformer.wte.embedding_dim == transformer.wpe.embedding_dim == 16
+    assert result.model.model.lm_head.weight is transformer.wte.weight
+    assert result.unsupported == []
+
+
+def test_stream_not_followed_is_reported_and_kept():
+    config = transformers.OPTConfig(
+        vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=4,
+        word_embed_proj_dim=16, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = randomize(CausalLM(transformers.OPTForCausalLM(config)))
+    analysis, result = shrink_half(model)
+    (entry,) = analysis.unsupported()
+    assert entry.operation == "embedding width" and "project_out" in entry.reason
+    assert all(not g.removable for g in analysis.groups() if "fc2.weight" in g.producers[-1])
+    block = result.model.model.model.decoder.layers[0]
+    assert block.fc1.out_features == 32 and block.fc1.in_features == 32  # units go, stream stays
+
+
+def test_gemma_loses_heads_and_keeps_its_scaled_embedding_width_reported():
+    config = transformers.GemmaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = randomize(CausalLM(transformers.GemmaForCausalLM(config)))
+    _, result = shrink_half(model)
+    (entry,) = result.unsupported
+    assert entry.operation == "embedding width" and "gemma" in entry.reason
+    attention = result.model.model.model.layers[0].self_attn
+    assert attention.q_proj.out_features == 16 and attention.q_proj.in_features == 32
+
+
+def test_resize_like_rebuilds_a_shrunk_opt_with_its_tied_head():
+    model = opt()
+    analysis = analyze_channels(model, ids(7))
+    masks = mask_channels(model, lowest_norm_channels(model, analysis.groups(), 0.25))
+    result = shrink_model(model, masks, ids(7), analysis=analysis)
+    fresh = resize_like(opt(), result.channel_config)
+    fresh.load_state_dict(result.model.state_dict())
+    assert fresh.model.lm_head.weight is fresh.model.model.decoder.embed_tokens.weight
+    assert params(fresh) == params(result.model)
+    torch.testing.assert_close(logits(fresh, ids(9)), logits(result.model, ids(9)))
+
+
 # -- the user's path: sb.prune with a channel strategy, then shrink ----------------------------
 
 
@@ -377,6 +477,5 @@ def test_api_prune_with_channel_strategies_shrinks_llama(strategy):
     assert result.compression == pytest.approx(pruned.compression, rel=1e-6)
     torch.testing.assert_close(logits(result.model, ids(9)), logits(pruned.model, ids(9)),
                                rtol=1e-4, atol=1e-4)  # fmt: skip
-    layers = result.model.model.model.layers
-    assert any(block.self_attn.q_proj.out_features < 32 for block in layers)
-    assert any(block.mlp.gate_proj.out_features < 64 for block in layers)
+    shrunk = {change.name for change in result.layers if change.in_after < change.in_before}
+    assert shrunk  # whole channels went: heads, MLP units or stream channels

@@ -30,7 +30,7 @@ from torch import nn
 
 from shrinkbench_core.metrics.flops import count_flops
 from shrinkbench_core.metrics.latency import interleaved_times
-from shrinkbench_core.pruning.channels import hf_attention, vit
+from shrinkbench_core.pruning.channels import hf_attention, hf_stream, vit
 from shrinkbench_core.pruning.channels.attention import AttentionSite, resize_heads, resize_mha
 from shrinkbench_core.pruning.masks import Masks, apply_masks
 from shrinkbench_core.pruning.structured import (
@@ -161,6 +161,11 @@ def shrink_model(
                 "in_proj_weight": lambda t, r=rows, c=cols: t[r.to(t.device)][:, c.to(t.device)],
                 "in_proj_bias": lambda t, r=rows: t[r.to(t.device)],
             }
+        elif layer.kind == "hf_embedding":  # columns of a Hugging Face embedding
+            change, slicers, config[layer.name] = hf_stream.resize_embedding(
+                shrunk, layer, keep_in, analysis
+            )
+            changes.append(change)
         elif layer.kind in ("layernorm", "scale"):
             change, slicers = _resize_per_channel(shrunk, layer, keep_in)
             changes.append(change)
@@ -224,7 +229,7 @@ def resize_like(model: nn.Module, channel_config: dict[str, dict[str, Any]]) -> 
     Weights of resized layers are uninitialised (zeros) until loaded. Returns ``model``.
     """
     for name, sizes in channel_config.items():
-        if "hf_attention" in sizes:
+        if "hf_attention" in sizes or "hf_embedding" in sizes:
             hf_attention.resize_like(model, name, sizes)
             continue
         if "stream" in sizes or "width" in sizes:

@@ -120,6 +120,7 @@ class HFChannelAnalysis(ChannelAnalysis):
         super().__init__()
         self.hf_sites: list[HFAttentionSite] = []
         self.hf_reports: list[Unsupported] = []  # modules left intact
+        self.hf_ties: dict[str, list[str]] = {}  # input embedding -> LM heads sharing its weight
 
     def unsupported(self) -> list[Unsupported]:
         return super().unsupported() + self.hf_reports
@@ -164,13 +165,16 @@ class _Builder:
         self.model = model
         self.gqa = gqa
         self.analysis = HFChannelAnalysis()
-        self.streams: dict[int, list[int]] = {}
+        self.streams: dict[tuple[str, int], list[int]] = {}
+        self.owner = ""  # the Hugging Face model whose modules are being added
 
     def stream(self, width: int) -> list[int]:
-        """Pinned channels of the residual stream (kept whole: the embedding width)."""
-        if width not in self.streams:
-            self.streams[width] = [self.analysis.new_source(None) for _ in range(width)]
-        return self.streams[width]
+        """Channels of the owner's residual stream of ``width`` (one element each; pinned
+        at the end unless :func:`.hf_stream.follow` attaches everything else on it)."""
+        key = (self.owner, width)
+        if key not in self.streams:
+            self.streams[key] = [self.analysis.new_free() for _ in range(width)]
+        return self.streams[key]
 
     def linear(self, name: str, module: nn.Module) -> TracedLayer:
         layer = TracedLayer(name, module, "linear")
@@ -198,6 +202,25 @@ class _Builder:
                 layer = self.analysis.layers.get(full) or self.linear(full, child)
                 for element in layer.rows:
                     self.analysis.pin(frozenset({element}), None)
+
+    def add(self, name: str, module: nn.Module) -> int:
+        """Add ``module`` if it is a block of a known family; returns 1 if it is."""
+        kind = type(module).__name__
+        if not _is_transformers(module):
+            return 0
+        if kind in _SEPARATE_ATTENTION or kind in _FUSED_ATTENTION:
+            self.attention(name, module)
+        elif kind in _GATED_MLP:
+            self.mlp(name, module, ("gate_proj", "up_proj"), "down_proj")
+        elif kind in _MLPS:
+            up, down = _MLPS[kind]
+            self.mlp(name, module, (up,), down)
+        else:
+            if kind.endswith("Attention"):
+                self.unsupported(name, module, f"{kind} is not a supported attention family "
+                                 f"({SUPPORTED})")  # fmt: skip
+            return 0
+        return 1
 
     # -- attention -------------------------------------------------------------------
 
@@ -301,23 +324,12 @@ def analyze_hf(model: nn.Module, gqa: str = "kv_groups") -> HFChannelAnalysis | 
         return None
     builder = _Builder(model, gqa)
     recognised = 0
-    for name, module in model.named_modules():
-        kind = type(module).__name__
-        if not _is_transformers(module):
-            continue
-        if kind in _SEPARATE_ATTENTION or kind in _FUSED_ATTENTION:
-            builder.attention(name, module)
-            recognised += 1
-        elif kind in _GATED_MLP:
-            builder.mlp(name, module, ("gate_proj", "up_proj"), "down_proj")
-            recognised += 1
-        elif kind in _MLPS:
-            up, down = _MLPS[kind]
-            builder.mlp(name, module, (up,), down)
-            recognised += 1
-        elif kind.endswith("Attention") and not kind.endswith("FlashAttention2"):
-            builder.unsupported(name, module, f"{kind} is not a supported attention family "
-                                f"({SUPPORTED})")  # fmt: skip
+    for outer, hf_model in found:
+        builder.owner = outer
+        prefix = f"{outer}." if outer else ""
+        for name, module in hf_model.named_modules():
+            recognised += builder.add(f"{prefix}{name}" if name else outer, module)
+        _stream(builder, outer, hf_model)
     if not recognised:
         types = ", ".join(sorted({getattr(m.config, "model_type", "?") for _, m in found}))
         raise TraceError(
@@ -325,6 +337,24 @@ def analyze_hf(model: nn.Module, gqa: str = "kv_groups") -> HFChannelAnalysis | 
             f"supported: {SUPPORTED}. Channels are not followed."
         )
     return builder.analysis
+
+
+def _stream(builder: _Builder, outer: str, hf_model: nn.Module) -> None:
+    """Follow the residual stream of ``hf_model`` when possible, else pin and report it."""
+    from shrinkbench_core.pruning.channels import hf_stream
+
+    analysis = builder.analysis
+    for (owner, _), stream in builder.streams.items():
+        if owner != outer:
+            continue
+        if not callable(getattr(hf_model, "get_input_embeddings", None)):
+            analysis.pin(frozenset(stream), None)  # a bare block: its input and output stay
+            continue
+        reason = None if not analysis.hf_reports else "a module on it is left intact"
+        reason = reason or hf_stream.follow(builder, outer, hf_model, stream)
+        if reason is not None:
+            entry = analysis.add_entry(outer or "model", "embedding width", f"kept: {reason}")
+            analysis.pin(frozenset(stream), entry)
 
 
 # -- shrinking ---------------------------------------------------------------------------
@@ -381,5 +411,11 @@ def update_config(model: nn.Module) -> None:
 
 
 def resize_like(model: nn.Module, name: str, sizes: dict[str, Any]) -> None:
-    """:func:`~shrinkbench_core.pruning.shrink.resize_like` for a Hugging Face attention."""
-    _set_counts(model.get_submodule(name), sizes["hf_attention"])
+    """:func:`~shrinkbench_core.pruning.shrink.resize_like` for a Hugging Face attention
+    or embedding."""
+    if "hf_embedding" in sizes:
+        from shrinkbench_core.pruning.channels import hf_stream
+
+        hf_stream.resize_like(model, name, sizes)
+    else:
+        _set_counts(model.get_submodule(name), sizes["hf_attention"])

@@ -62,4 +62,6 @@ def padded_class(module: nn.Module) -> type[nn.Module]:
         from shrinkbench_core.pruning.channels.norms_2d import PaddedLayerNorm2d
 
         return PaddedLayerNorm2d
-    return PaddedLayerNorm
+    from shrinkbench_core.pruning.channels.hf_stream import PaddedRMSNorm, is_rms_norm
+
+    return PaddedRMSNorm if is_rms_norm(module) else PaddedLayerNorm
