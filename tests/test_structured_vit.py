@@ -273,7 +273,9 @@ def test_vit_inside_a_wrapper_follows_its_own_hidden_dim():
     model = randomize(nn.Sequential(tiny_vit(), nn.Identity()))
     analysis, result = shrink_half(model, torch.randn(1, 3, 32, 32), torch.randn(2, 3, 32, 32))
     assert [site.name for site in analysis.stream] == [
-        "0.hidden_dim", "0.class_token", "0.encoder.pos_embedding"
+        "0.hidden_dim",
+        "0.class_token",
+        "0.encoder.pos_embedding",
     ]
     assert result.model[0].hidden_dim == 8 and result.unsupported == []
 
