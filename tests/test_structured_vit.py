@@ -297,3 +297,15 @@ def test_channel_strategies_shrink_the_vit_stream(strategy):
     assert result.unsupported == []
     assert result.model.hidden_dim < 16
     assert result.model.class_token.shape[-1] == result.model.hidden_dim
+
+
+@pytest.mark.parametrize("build", [tiny_vit, tiny_maxvit], ids=["vit", "maxvit"])
+def test_shrunk_vit_and_maxvit_run_in_onnxruntime_with_torch_outputs(build):
+    pytest.importorskip("onnx")
+    from test_structured_onnx import onnx_outputs
+
+    model = randomize(build())
+    _, result = shrink_half(model, torch.randn(1, 3, 32, 32), torch.randn(2, 3, 32, 32))
+    batch = torch.randn(2, 3, 32, 32)
+    expected = run(result.model, batch)
+    torch.testing.assert_close(onnx_outputs(result.model, batch), expected, rtol=1e-4, atol=1e-5)

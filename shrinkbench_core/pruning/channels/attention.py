@@ -1,5 +1,5 @@
 """Attention heads as tied channels: ``nn.MultiheadAttention`` and torchvision's Swin
-window attention.
+window attention (MaxViT's relative attention: :mod:`.maxvit`).
 
 A head is one tied channel: its query, key and value rows of the input projection
 are its producers, its columns of the output projection its consumers. Masking a
