@@ -521,8 +521,8 @@ def config_dict(config: Any = None, fields: Mapping[str, Any] | None = None) -> 
 
     if config is None:
         data: dict[str, Any] = {}
-    elif isinstance(config, ExperimentConfig):
-        data = config.model_dump(mode="json")
+    elif isinstance(config, ExperimentConfig):  # what was set: components' defaults fill the rest
+        data = config.model_dump(mode="json", exclude_unset=True)
     elif isinstance(config, Mapping):
         data = copy.deepcopy(dict(config))
     elif isinstance(config, (str, Path)):

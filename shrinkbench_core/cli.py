@@ -120,11 +120,17 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"not loaded because of {selection}: {', '.join(filtered)}")
         return 0
     rows = []
+    header = ["name", "plugin", "summary", "parameters"]
+    suggested = any(getattr(spec, "config_defaults", None) for spec in specs)
     for spec in specs:
         name = spec.qualified_name if spec.qualified_name in clashing else spec.name
         params = ", ".join(f"{k}={v!r}" for k, v in spec.parameter_defaults().items()) or "-"
         rows.append([name, spec.plugin or "-", spec.summary, params])
-    print(format_table(["name", "plugin", "summary", "parameters"], rows, max_width=None))
+        if suggested:  # experiment settings a dataset/model brings (used where unset)
+            defaults = getattr(spec, "config_defaults", None) or {}
+            rows[-1].append(", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "-")
+    header += ["config defaults"] if suggested else []
+    print(format_table(header, rows, max_width=None))
     return 0
 
 

@@ -164,6 +164,24 @@ class DenseConfig(TrainingConfig):
     epochs: int = Field(15, ge=0)
 
 
+class CalibrationConfig(_Strict):
+    """The calibration data of data-driven strategies, as LM papers state it.
+
+    ``samples`` (examples, e.g. token windows) replaces ``calibration_batches`` when set:
+    the runner draws just enough batches of ``dataset.batch_size`` and keeps that many.
+    ``seqlen`` (tokens per window) is for strategies that calibrate on token windows: it
+    is the same setting as their ``seqlen`` parameter (and ``samples`` as their
+    ``samples``): set either name, or both alike. Left out of the digest while unset.
+    """
+
+    samples: int | None = Field(
+        None, ge=1, description="Calibration examples (None: calibration_batches batches)."
+    )
+    seqlen: int | None = Field(
+        None, ge=1, description="Tokens per calibration window (None: the dataset's seqlen)."
+    )
+
+
 class SeedConfig(_Strict):
     """Separate seeds; each defaults to ``seed`` + a fixed offset."""
 
@@ -235,6 +253,11 @@ class ExperimentConfig(_Strict):
     )
     prunable: PrunableRule = Field(default_factory=PrunableRule)
     calibration_batches: int = Field(4, ge=0, description="Batches for data-driven strategies.")
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig,
+        description="Calibration samples and window length (LM papers' names); see "
+        "CalibrationConfig.",
+    )
     metrics: list[MetricConfig] = Field(
         default_factory=lambda: [MetricConfig(name=n) for n in DEFAULT_METRICS],
         description="Metric names, or tables {name, params} to set a metric's parameters.",
@@ -295,7 +318,8 @@ class ExperimentConfig(_Strict):
 
         The default (one-shot) schedule is left out, so one-shot runs keep the
         digests (and run directories) they had before schedules existed; so is an
-        unset ``schedule.params`` (only plugin schedules have params).
+        unset ``schedule.params`` (only plugin schedules have params), and an unset
+        ``calibration`` section.
         """
         exclude: dict[str, Any] = {"output": True, "trackers": True}  # trackers only observe
         exclude.update(self._default_training_mode())
@@ -303,9 +327,22 @@ class ExperimentConfig(_Strict):
             exclude["schedule"] = True
         elif self.schedule.params is None:
             exclude["schedule"] = {"params": True}
+        if self.calibration == CalibrationConfig():  # digests from before it existed
+            exclude["calibration"] = True
         return config_digest(
             self.model_dump(mode="json", exclude=exclude, context={"all_fields": True})
         )
+
+    def calibration_draw(self) -> tuple[int, int | None]:
+        """``(batches to draw, examples to keep)`` for a data-driven strategy.
+
+        ``calibration.samples`` when set (just enough batches, trimmed to it), else
+        ``calibration_batches`` whole batches (``None``: keep them all).
+        """
+        samples = self.calibration.samples
+        if samples is None:
+            return self.calibration_batches, None
+        return -(-samples // self.dataset.batch_size), samples
 
     def _default_training_mode(self) -> dict[str, bool]:
         """``precision`` / ``channels_last`` left out of digests at their defaults, so runs
@@ -580,3 +617,178 @@ def build_config(data: dict[str, Any]) -> ExperimentConfig:
         return ExperimentConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error)) from None
+
+
+# -- defaults declared by components -------------------------------------------
+#: Experiment fields a component's ``config_defaults`` may not set: what to run, where, and
+#: with which seeds stay the user's choice (their defaults are the core's).
+NOT_DEFAULTABLE = (
+    "strategy", "dataset.name", "model.name", "schedule", "output", "trackers", "device",
+    "seed", "seeds",
+)  # fmt: skip
+#: Sections whose ``params`` are a component's own parameters.
+PARAM_SECTIONS = ("strategy", "dataset", "model")
+
+
+def config_default_problems(
+    defaults: dict[str, Any], section: str, parameters: type[BaseModel]
+) -> list[str]:
+    """``key: problem`` lines for a component's ``config_defaults`` (empty when valid).
+
+    ``section`` is the component's own section (``dataset`` or ``model``): only there may
+    ``params.NAME`` be set, NAME being one of ``parameters``' fields. Every other key names
+    a field of :class:`ExperimentConfig` (a leaf, not a whole section); values are
+    validated as the config validates them.
+    """
+    problems: list[str] = []
+    fields: dict[str, Any] = {}
+    own: dict[str, Any] = {}
+    for key, value in defaults.items():
+        parts = str(key).split(".")
+        blocked = next(
+            (b for b in NOT_DEFAULTABLE if parts[: len(b.split("."))] == b.split(".")), None
+        )
+        if not all(parts):
+            problems.append(f"{key}: malformed key")
+        elif blocked:
+            problems.append(f"{key}: {blocked} is the user's choice; a component cannot "
+                            "default it")
+        elif parts[0] in PARAM_SECTIONS and parts[1:2] == ["params"]:
+            allowed = ", ".join(parameters.model_fields) or "(none)"
+            if parts[0] != section:
+                problems.append(f"{key}: a {section} may default only its own parameters "
+                                f"({section}.params.NAME), not another component's")
+            elif len(parts) != 3 or parts[2] not in parameters.model_fields:
+                problems.append(f"{key}: not a parameter of this {section} (allowed: "
+                                f"{allowed})")
+            else:
+                own[parts[2]] = value
+        else:
+            problem = _field_path_problem(parts)
+            if problem:
+                problems.append(f"{key}: {problem}")
+            else:
+                _set_path(fields, parts, copy.deepcopy(value))
+    if fields and not problems:
+        try:
+            ExperimentConfig.model_validate(fields)
+        except ValidationError as error:
+            problems.extend(format_validation_error(error))
+    if own:
+        try:
+            parameters(**own)
+        except ValidationError as error:
+            own_errors = [e for e in error.errors() if e["loc"] and e["loc"][0] in own]
+            problems.extend(
+                f"{section}.params.{'.'.join(str(p) for p in e['loc'])}: "
+                f"{e['msg'].removeprefix('Value error, ')}"
+                for e in own_errors
+            )
+    return problems
+
+
+def _field_path_problem(parts: list[str]) -> str | None:
+    """Why ``parts`` is not a leaf field of :class:`ExperimentConfig` (``None``: it is)."""
+    model: type[BaseModel] = ExperimentConfig
+    for index, part in enumerate(parts):
+        where = ".".join(parts[:index]) or "the experiment config"
+        if part not in model.model_fields:
+            return f"no field '{part}' in {where} (fields: {', '.join(model.model_fields)})"
+        annotation = model.model_fields[part].annotation
+        nested = annotation if isinstance(annotation, type) and issubclass(
+            annotation, BaseModel) else None  # fmt: skip
+        if index + 1 < len(parts):
+            if nested is None:
+                return f"{'.'.join(parts[: index + 1])} has no fields"
+            model = nested
+        elif nested is not None:
+            first = next(iter(nested.model_fields))
+            return f"name a field inside it, e.g. {'.'.join(parts)}.{first}"
+    return None
+
+
+def is_set(config: BaseModel, key: str) -> bool:
+    """Whether the user set the dotted ``key`` of ``config`` (config file, flag, sweep, API).
+
+    Pydantic records which fields a model was given; a component's ``params`` are a
+    dict whose keys are what was given. A field inside a value given whole counts as set.
+    """
+    node: Any = config
+    for part in key.split("."):
+        if isinstance(node, BaseModel):
+            if part not in node.model_fields_set:
+                return False
+            node = getattr(node, part)
+        elif isinstance(node, dict):
+            if part not in node:
+                return False
+            node = node[part]
+        else:
+            return True
+    return True
+
+
+def apply_config_defaults(
+    config: ExperimentConfig, layers: list[dict[str, Any]]
+) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """``config`` with the components' ``config_defaults`` where the user set nothing.
+
+    Precedence, lowest first: the core's field defaults < ``layers[0]`` < ``layers[1]``
+    ... < what the user set. The resolver passes the dataset's then the model's, so a
+    model's defaults win over its dataset's. Returns the config (the same object when no
+    default applies, so its digest is untouched) and the defaults applied, by key.
+    """
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    applied = {key: value for key, value in merged.items() if not is_set(config, key)}
+    if not applied:
+        return config, {}
+    data = config.model_dump(context={"all_fields": True})
+    for key, value in applied.items():
+        _set_path(data, key.split("."), copy.deepcopy(value))
+    try:
+        return ExperimentConfig.model_validate(data), applied
+    except ValidationError as error:
+        raise ConfigError(
+            [f"{line} (from a component's config_defaults)"
+             for line in format_validation_error(error)]
+        ) from None
+
+
+def link_calibration(data: dict[str, Any], strategy_fields: Any, strategy: str) -> list[str]:
+    """Make ``calibration.samples`` / ``seqlen`` and the strategy's parameters of those
+    names one setting, in the resolved ``data``; problems as ``field: problem`` lines.
+
+    Rule: a strategy with a ``samples`` (``seqlen``) parameter gets ``calibration.samples``
+    (``seqlen``), and a value given only as the parameter (the older name) is copied to
+    ``calibration``; both given and different is an error. ``calibration.seqlen`` for a
+    strategy without a ``seqlen`` parameter is an error (only LM strategies cut windows);
+    ``calibration.samples`` works for every data-driven strategy (the runner draws them).
+    """
+    problems: list[str] = []
+    calibration = data.setdefault("calibration", {}) or {}
+    data["calibration"] = calibration
+    params = data.get("strategy", {}).get("params")
+    if not isinstance(params, dict):
+        return problems
+    for name in ("samples", "seqlen"):
+        given = calibration.get(name)
+        own = params.get(name)
+        if name not in strategy_fields:
+            if given is not None and name == "seqlen":
+                problems.append(
+                    f"calibration.seqlen: strategy {strategy} does not calibrate on token "
+                    "windows (it has no seqlen parameter); leave it unset"
+                )
+            continue
+        if given is not None and own is not None and given != own:
+            problems.append(
+                f"calibration.{name}: {given}, but strategy.params.{name} (its older name) is "
+                f"{own}; set calibration.{name} only"
+            )
+        elif given is not None:
+            params[name] = given
+        elif own is not None:
+            calibration[name] = own
+    return problems

@@ -15,6 +15,11 @@ Factory contracts (what the object named by ``factory`` must be):
 * tracker: ``factory(params) -> object`` whose methods implement lifecycle hooks.
 
 ``params`` is always an instance of the spec's ``parameters`` model.
+
+Datasets and models may also declare ``config_defaults``: experiment settings that
+suit them (a language model trains with AdamW for one epoch, not with the image
+classifiers' 15 SGD epochs). They apply only where the user set nothing; see
+:func:`shrinkbench_core.config.apply_config_defaults` for the precedence.
 """
 
 from __future__ import annotations
@@ -144,7 +149,37 @@ class StrategySpec(ComponentSpec):
         return data
 
 
-class DatasetSpec(ComponentSpec):
+class ConfiguringSpec(ComponentSpec):
+    """A component that may suggest experiment settings: ``config_defaults``.
+
+    Keys are dotted experiment-config paths (``"dense.epochs"``,
+    ``"dense.optimizer.lr"``, ``"finetune.epochs"``, ``"dataset.batch_size"``,
+    ``"calibration.samples"``, ``"metrics"``) or the component's own parameters
+    (``"model.params.width"`` for a model, ``"dataset.params.seqlen"`` for a dataset).
+    What to run, where and with which seeds (component names, strategy, output,
+    device, seeds, trackers) cannot be defaulted. Keys and values are checked when the
+    spec is built, so a bad key is reported as an error of the plugin that registers it.
+    """
+
+    config_defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Experiment settings used where the user set none, by dotted key.",
+    )
+
+    @model_validator(mode="after")
+    def _check_config_defaults(self) -> ConfiguringSpec:
+        if self.config_defaults:
+            from shrinkbench_core.config import config_default_problems
+
+            problems = config_default_problems(
+                self.config_defaults, self.kind, self.parameters
+            )
+            if problems:
+                raise ValueError("invalid config_defaults: " + "; ".join(problems))
+        return self
+
+
+class DatasetSpec(ConfiguringSpec):
     """A classification dataset: its input shape (C, H, W or features) and classes.
 
     ``check`` optionally names (lazily, ``"module:attr"``) a function
@@ -167,7 +202,7 @@ class DatasetSpec(ComponentSpec):
         return _import_path(self.check) if self.check else None
 
 
-class ModelSpec(ComponentSpec):
+class ModelSpec(ConfiguringSpec):
     """A model architecture.
 
     ``input_shapes`` lists the input shapes (without batch) the model accepts;

@@ -14,11 +14,12 @@ TINY = [
     "--dataset", "tinyshakespeare", "--model", "tiny-gpt",
     "-p", "dataset.seqlen=32", "-p", "dataset.train_tokens=4096",
     "-p", "model.layers=2", "-p", "model.width=32", "-p", "model.heads=2",
-    "-p", "model.max_positions=32",
-    "-p", "dense.epochs=1", "-p", "dense.optimizer.name=adamw", "-p", "dense.optimizer.lr=0.003",
-    "-p", "finetune.epochs=0", "-p", "calibration_batches=1", "-p", "dataset.batch_size=16",
+    "-p", "model.max_positions=32", "-p", "calibration.samples=16", "-p", "dataset.batch_size=16",
     "-p", "metrics=[size,perplexity]", "-p", "device=cpu",
 ]  # fmt: skip
+# The issue's command: dense training and fine-tuning come from tiny-gpt's config_defaults.
+BRIEF = ["--strategy", "SparseGPT", "--compression", "2", "--dataset", "tinyshakespeare",
+         "--model", "tiny-gpt", "-p", "metrics=[size,perplexity]"]  # fmt: skip
 
 
 def run(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -27,13 +28,37 @@ def run(*args: str, cwd) -> subprocess.CompletedProcess:
     )
 
 
+def print_config(capsys, *args: str) -> dict:
+    from shrinkbench_core.cli import run_main
+
+    assert run_main([*args, "--print-config"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_issue_command_uses_tiny_gpt_defaults(capsys):
+    printed = print_config(capsys, *BRIEF)
+    config = printed["config"]
+    assert config["dense"]["epochs"] == 1 and config["finetune"]["epochs"] == 0
+    assert config["dense"]["optimizer"]["name"] == "adamw"
+    assert config["dataset"]["batch_size"] == 32 and config["metrics"] == ["size", "perplexity"]
+    assert printed["derived"]["component_defaults"]["dense.optimizer.lr"] == 0.003
+    assert "metrics" not in printed["derived"]["component_defaults"]  # the user set them
+    # what the user sets wins over the model's defaults
+    config = print_config(capsys, *BRIEF, "-p", "finetune.epochs=2", "-p", "dataset.batch_size=8")
+    config = config["config"]
+    assert config["finetune"]["epochs"] == 2 and config["dataset"]["batch_size"] == 8
+
+
 @pytest.mark.slow
 def test_sparsegpt_end_to_end_records_perplexity_and_sparsity(tmp_path):
-    result = run("--strategy", "SparseGPT", "--compression", "2", *TINY, "--output", "out",
-                 cwd=tmp_path)  # fmt: skip
+    # the issue's command, made tiny; dense.* and finetune.* are tiny-gpt's defaults
+    result = run(*BRIEF, *TINY, "--output", "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    (metrics_file,) = (tmp_path / "out" / "runs").glob("*/metrics.json")
-    metrics = json.loads(metrics_file.read_text())
+    (run_dir,) = (tmp_path / "out" / "runs").glob("*")
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    assert config["dense"]["optimizer"]["name"] == "adamw" and config["finetune"]["epochs"] == 0
+    assert config["strategy"]["params"]["samples"] == config["calibration"]["samples"] == 16
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     dense = metrics["dense"]["perplexity"]
     pruned = metrics["pruned"]["perplexity"]
     assert dense["test_seqlen"] == 32 and dense["test_tokenizer"]["kind"] == "char"

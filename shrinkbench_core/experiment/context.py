@@ -172,14 +172,17 @@ class RunContext:
         )
 
     def calibration_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Seeded calibration batches from the un-augmented training data."""
-        count = self.config.calibration_batches if self.resolved.strategy.needs_data else 0
-        if count == 0:
+        """Seeded calibration batches from the un-augmented training data (``calibration.samples``
+        examples when set, else ``calibration_batches`` batches)."""
+        count, keep = self.config.calibration_draw()
+        if count == 0 or not self.resolved.strategy.needs_data:
             return []
         with self.timer.phase("calibration"):
-            return self._draw_calibration(count)
+            return self._draw_calibration(count, keep)
 
-    def _draw_calibration(self, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _draw_calibration(
+        self, count: int, keep: int | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         loader = seeded_loader(
             self.data().train_eval,
             self.config.dataset.batch_size,
@@ -192,6 +195,12 @@ class RunContext:
             batches.append((inputs.to(self.device), targets.to(self.device)))
             if len(batches) == count:
                 break
+        surplus = sum(len(inputs) for inputs, _ in batches) - keep if keep is not None else 0
+        while surplus > 0:  # cut from the end so that exactly `keep` examples remain
+            inputs, targets = batches.pop()
+            if len(inputs) > surplus:
+                batches.append((inputs[: len(inputs) - surplus], targets[: len(inputs) - surplus]))
+            surplus -= len(inputs)
         return batches
 
     # -- model -----------------------------------------------------------------

@@ -8,7 +8,7 @@ the device, files named by the config, and the dataset's own cheap checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,10 @@ from pydantic import ValidationError
 
 from shrinkbench_core.config import (
     ExperimentConfig,
+    apply_config_defaults,
     config_digest,
     format_validation_error,
+    link_calibration,
     salvage_config,
 )
 from shrinkbench_core.errors import ConfigError, UserError
@@ -25,6 +27,7 @@ from shrinkbench_core.factories import factory_problem
 from shrinkbench_core.registry import Registry
 from shrinkbench_core.specs import (
     ComponentSpec,
+    ConfiguringSpec,
     DatasetSpec,
     MetricSpec,
     ModelSpec,
@@ -44,6 +47,8 @@ class ResolvedExperiment:
     model: ModelSpec
     metrics: list[MetricSpec]
     schedule: ScheduleSpec | None = None
+    #: Settings taken from the dataset's and model's ``config_defaults``, by dotted key.
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     def plugin_versions(self) -> dict[str, str | None]:
         """Distribution -> version of every plugin this experiment uses."""
@@ -128,12 +133,15 @@ def resolve_config(
     model = provided.get("model") or _lookup(
         registry, "models", config.model.name, "model.name", problems
     )
+    config, defaults = apply_config_defaults(  # dataset's, then model's; the user's win
+        config, [s.config_defaults for s in (dataset, model) if isinstance(s, ConfiguringSpec)]
+    )
     schedule = _lookup(registry, "schedules", config.schedule.kind, "schedule.kind", problems)
     metrics = [
         _lookup(registry, "metrics", metric.name, f"metrics[{index}]", problems)
         for index, metric in enumerate(config.metrics)
     ]
-    data = config.model_dump()
+    data = config.model_dump(context={"all_fields": True})
     for index, (metric, spec) in enumerate(zip(config.metrics, metrics, strict=True)):
         first = [m.name for m in config.metrics].index(metric.name)
         if first < index:
@@ -150,6 +158,7 @@ def resolve_config(
         data["strategy"]["params"] = _params(
             strategy, config.strategy.params, "strategy.params", problems
         )
+        problems.extend(link_calibration(data, strategy.parameters.model_fields, strategy.name))
     if dataset:
         data["dataset"]["params"] = _params(
             dataset, config.dataset.params, "dataset.params", problems
@@ -176,7 +185,8 @@ def resolve_config(
             schedule, config.schedule.params or {}, "schedule.params", problems
         )
     problems.extend(tracker_problems(config, registry))  # names, params, missing libraries
-    if strategy and strategy.needs_data and config.calibration_batches < 1:
+    samples = (data.get("calibration") or {}).get("samples")
+    if strategy and strategy.needs_data and samples is None and config.calibration_batches < 1:
         problems.append(f"calibration_batches: strategy {strategy.name} needs at least 1")
     if check_environment:
         problems.extend(environment_problems(config, dataset))
@@ -194,6 +204,7 @@ def resolve_config(
         model,
         [m for m in metrics if m],
         schedule,
+        defaults,
     )
 
 

@@ -29,6 +29,7 @@ def resolved_config(resolved: Any) -> dict[str, Any]:
             "digest": config.digest(),
             "dense_digest": config.dense_digest(),
             "run_dir": run_dir,
+            "component_defaults": getattr(resolved, "defaults", {}),  # their config_defaults
         },
     }
 

@@ -21,6 +21,33 @@ WANDA = "Sun et al. 2024, A Simple and Effective Pruning Approach for Large Lang
 OWL = "Yin et al. 2024, Outlier Weighed Layerwise Sparsity (OWL), ICML"
 MAGNITUDE = "Han et al. 2015; the magnitude baseline of SparseGPT and Wanda"
 
+#: What LM papers measure, instead of the core's image-classifier metrics.
+LM_METRICS = ["size", "perplexity"]
+#: Text datasets: perplexity, not top-1 accuracy / FLOPs / latency.
+TEXT_DATA_DEFAULTS = {"metrics": LM_METRICS}
+#: tiny-gpt trains here in a couple of minutes on 2 CPU cores (one AdamW epoch of the
+#: training split), then is pruned one-shot as LM papers do (no fine-tuning). Only keys
+#: that examples/sweep_llm.toml sets itself, so the sweep's digests are unchanged.
+TINY_GPT_DEFAULTS = {
+    "dense.epochs": 1,
+    "dense.optimizer.name": "adamw",
+    "dense.optimizer.lr": 3e-3,
+    "dense.optimizer.weight_decay": 0.01,
+    "dataset.batch_size": 32,
+    "dataset.eval_batch_size": 64,
+    "finetune.epochs": 0,
+    "metrics": LM_METRICS,
+}
+#: A Hugging Face causal LM comes with its weights: no dense training, no fine-tuning,
+#: and small batches (long windows, large vocabularies).
+HF_CAUSAL_LM_DEFAULTS = {
+    "dense.epochs": 0,
+    "dataset.batch_size": 8,
+    "dataset.eval_batch_size": 8,
+    "finetune.epochs": 0,
+    "metrics": LM_METRICS,
+}
+
 
 @hookimpl
 def shrinkbench_register_datasets() -> list[DatasetSpec]:
@@ -33,6 +60,7 @@ def shrinkbench_register_datasets() -> list[DatasetSpec]:
             parameters=p.TinyShakespeareParameters,
             input_shape=(128,),
             num_classes=TINYSHAKESPEARE_VOCAB,
+            config_defaults=TEXT_DATA_DEFAULTS,
         ),
         DatasetSpec(
             name="wikitext2",
@@ -41,6 +69,7 @@ def shrinkbench_register_datasets() -> list[DatasetSpec]:
             parameters=p.HubTextParameters,
             input_shape=(128,),
             num_classes=TINYSHAKESPEARE_VOCAB,
+            config_defaults=TEXT_DATA_DEFAULTS,
         ),
         DatasetSpec(
             name="c4",
@@ -49,6 +78,7 @@ def shrinkbench_register_datasets() -> list[DatasetSpec]:
             parameters=p.HubTextParameters,
             input_shape=(128,),
             num_classes=TINYSHAKESPEARE_VOCAB,
+            config_defaults=TEXT_DATA_DEFAULTS,
         ),
         DatasetSpec(
             name="text-files",
@@ -57,6 +87,7 @@ def shrinkbench_register_datasets() -> list[DatasetSpec]:
             parameters=p.TextFilesParameters,
             input_shape=(128,),
             num_classes=TINYSHAKESPEARE_VOCAB,
+            config_defaults=TEXT_DATA_DEFAULTS,
         ),
     ]
 
@@ -72,6 +103,7 @@ def shrinkbench_register_models() -> list[ModelSpec]:
             parameters=p.TinyGPTParameters,
             classifier="lm_head",
             metadata={"family": "decoder-only", "task": "causal-lm"},
+            config_defaults=TINY_GPT_DEFAULTS,
         ),
         ModelSpec(
             name="hf-causal-lm",
@@ -80,6 +112,7 @@ def shrinkbench_register_models() -> list[ModelSpec]:
             parameters=p.HFCausalLMParameters,
             classifier="model.lm_head",
             metadata={"family": "decoder-only", "task": "causal-lm"},
+            config_defaults=HF_CAUSAL_LM_DEFAULTS,
         ),
     ]
 

@@ -150,11 +150,14 @@ class LMStrategyParameters(_Strict):
     samples: int | None = Field(
         None,
         ge=1,
-        description="Calibration windows (None: all the runner passes, i.e. "
-        "calibration_batches x dataset.batch_size).",
+        description="Older name of calibration.samples (set that): calibration windows "
+        "(None: all the runner passes, calibration_batches x dataset.batch_size).",
     )
     seqlen: int | None = Field(
-        None, ge=1, description="Calibration tokens per window (None: the dataset's seqlen)."
+        None,
+        ge=1,
+        description="Older name of calibration.seqlen (set that): tokens per calibration "
+        "window (None: the dataset's seqlen).",
     )
 
     @field_validator("nm", mode="before")

@@ -126,19 +126,21 @@ class LMStrategy(Strategy):
                 f"{type(self).__name__} calibrates on token windows [N, T]; got inputs "
                 f"{tuple(ids.shape)} {ids.dtype}: use a text dataset"
             )
+        # options.samples / seqlen hold calibration.samples / seqlen (the runner links them)
         samples, seqlen = self.options.samples, self.options.seqlen
         if samples is not None:
             if ids.shape[0] < samples:
                 raise UserError(
-                    f"strategy.samples={samples} but only {ids.shape[0]} calibration windows were "
-                    "drawn; raise calibration_batches (x dataset.batch_size windows)"
+                    f"calibration.samples={samples} but only {ids.shape[0]} calibration windows "
+                    "were given (the training split is shorter, or a caller passed fewer); "
+                    "lower calibration.samples"
                 )
             ids = ids[:samples]
         if seqlen is not None:
             if seqlen > ids.shape[1]:
                 raise UserError(
-                    f"strategy.seqlen={seqlen} > the dataset's window of {ids.shape[1]} tokens; "
-                    "raise -p dataset.seqlen"
+                    f"calibration.seqlen={seqlen} > the dataset's window of {ids.shape[1]} "
+                    "tokens; raise -p dataset.seqlen"
                 )
             ids = ids[:, :seqlen]
         device = next(self.model.parameters()).device
