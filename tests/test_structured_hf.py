@@ -64,8 +64,15 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def llama(**overrides) -> nn.Module:
-    settings = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    settings = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     config = transformers.LlamaConfig(**{**settings, **overrides})  # fmt: skip
     torch.manual_seed(0)
     return randomize(CausalLM(transformers.LlamaForCausalLM(config)))
@@ -222,7 +229,9 @@ def test_fused_gpt2_attention_ties_q_k_v_thirds_of_c_attn():
     groups = by_producers(analyze_channels(model, ids(5)))
     heads = groups[("model.transformer.h.0.attn.c_attn.weight",)]
     assert heads.channels[1].producers["model.transformer.h.0.attn.c_attn.weight"] == (
-        *range(8, 16), *range(40, 48), *range(72, 80)
+        *range(8, 16),
+        *range(40, 48),
+        *range(72, 80),
     )
     assert heads.channels[1].consumers == {"model.transformer.h.0.attn.c_proj.weight":
                                            tuple(range(8, 16))}  # fmt: skip
@@ -479,3 +488,33 @@ def test_api_prune_with_channel_strategies_shrinks_llama(strategy):
                                rtol=1e-4, atol=1e-4)  # fmt: skip
     shrunk = {change.name for change in result.layers if change.in_after < change.in_before}
     assert shrunk  # whole channels went: heads, MLP units or stream channels
+
+
+@pytest.mark.slow
+def test_runner_prunes_and_shrinks_an_hf_causal_lm(tmp_path):
+    """The runner with a random LLaMA from a config, uniform channel norm at 2x: the
+    structured metric shrinks it (verified against the masked model inside) as far as the
+    masks ask, with nothing left unsupported."""
+    import json
+    import subprocess
+
+    pytest.importorskip("shrinkbench_llm")
+    config = ("{model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,"
+              " num_attention_heads: 4, num_key_value_heads: 2}")  # fmt: skip
+    args = [
+        "shrinkbench-run", "--quiet", "--strategy", "GlobalChannelNorm", "--compression", "2",
+        "--dataset", "tinyshakespeare", "--model", "hf-causal-lm", "-p", f"model.config={config}",
+        "-p", "dataset.seqlen=16", "-p", "dataset.train_tokens=2048", "-p", "dense.epochs=0",
+        "-p", "finetune.epochs=0", "-p", "calibration_batches=1", "-p", "dataset.batch_size=8",
+        "-p", "metrics=[size,structured]", "-p", "metrics.structured.repeats=1",
+        "-p", "device=cpu", "-p", "strategy.uniform=true", "--output", "out",
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (metrics_file,) = (tmp_path / "out" / "runs").glob("*/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    structured = metrics["pruned"]["structured"]
+    assert structured["unsupported_count"] == 0
+    achieved = metrics["compression"]["achieved"]
+    assert achieved >= 2.0
+    assert structured["params_before"] / structured["params_after"] == pytest.approx(achieved)
