@@ -203,12 +203,36 @@ def test_query_heads_mode_removes_as_many_query_heads_from_every_group():
     shrunk = result.model.attention
     assert (shrunk.q_proj.out_features, shrunk.k_proj.out_features) == (16, 16)
     assert shrunk.num_key_value_groups == 1 and result.unsupported == []
-    # two query heads of the same group: the groups would differ, so the heads are kept
-    result = shrink_model(model, mask_channels(model, queries.channels[:2]), x, analysis=analysis)
+    # the default analysis plans the same masks the same way (the runner's completion)
+    again = shrink_model(model, mask_channels(model, queries.channels[1:3]), x)
+    assert again.model.attention.q_proj.out_features == 16 and again.unsupported == []
+    # groups that would keep 2 and 1 query heads: the heads are kept and reported
+    result = shrink_model(model, mask_channels(model, queries.channels[:1]), x, analysis=analysis)
     assert result.model.attention.q_proj.out_features == 32
-    assert [entry.operation for entry in result.unsupported] == ["attention (GQA)"]
+    (entry,) = result.unsupported
+    assert "different numbers of query heads" in entry.reason
     with pytest.raises(ValueError, match="kv_groups, query_heads"):
         analyze_hf(model, gqa="pairs")
+
+
+def test_a_key_value_head_goes_only_with_all_its_query_heads():
+    model = randomize(Attention(tiny_llama_config()))
+    x = torch.randn(2, 5, 32)
+    groups = by_producers(analyze_hf(model, gqa="query_heads"))
+    kv = groups[("attention.k_proj.weight", "attention.v_proj.weight")]
+    queries = groups[("attention.q_proj.weight",)]
+    # its key/value rows masked, its query heads not: kept (zeros), reported
+    result = shrink_model(model, mask_channels(model, kv.channels[:1]), x)
+    assert result.model.attention.k_proj.out_features == 16
+    assert "key/value head 0 kept" in result.unsupported[0].reason
+    # both query heads of group 1 masked, its key/value head not: kept, reported
+    result = shrink_model(model, mask_channels(model, queries.channels[2:]), x)
+    assert result.model.attention.q_proj.out_features == 32
+    assert "query heads of group 1 kept" in result.unsupported[0].reason
+    # both together: the whole group goes
+    masks = mask_channels(model, [kv.channels[1], *queries.channels[2:]])
+    result = shrink_model(model, masks, x)
+    assert result.model.attention.k_proj.out_features == 8 and result.unsupported == []
 
 
 def test_gated_mlp_ties_gate_and_up_rows_to_down_columns():

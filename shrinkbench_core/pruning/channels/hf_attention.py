@@ -41,6 +41,7 @@ from shrinkbench_core.pruning.channels.attention import AttentionSite
 from shrinkbench_core.pruning.channels.graph import (
     ChannelAnalysis,
     ChannelGroup,
+    TiedChannel,
     TracedLayer,
     TraceError,
     Unsupported,
@@ -97,27 +98,34 @@ def hf_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
 class HFAttentionSite(AttentionSite):
     """A Hugging Face attention module followed per head.
 
-    ``heads[h]`` is an element of query head ``h``, ``kv_of[h]`` its key/value head;
-    ``style`` says which attributes hold the head counts ("llama", "opt", "gpt2").
+    ``heads[h]`` is an element of query head ``h``, ``kv_of[h]`` its key/value head and
+    ``kv_heads[g]`` an element of key/value head ``g`` (empty when q, k and v rows of a
+    head are one tied channel, as in GPT-2's fused projection); ``style`` says which
+    attributes hold the head counts ("llama", "opt", "gpt2").
     """
 
     kv_of: list[int] = field(default_factory=list)
-    mode: str = "kv_groups"
+    kv_heads: list[int] = field(default_factory=list)
     style: str = "llama"
     head_dim: int = 0
-    q_weight: str = ""
+    weights: tuple[str, str, str] = ("", "", "")  # q, k and v weight names
 
 
 class HFChannelAnalysis(ChannelAnalysis):
     """A :class:`ChannelAnalysis` built from recognised Hugging Face blocks.
 
-    In ``query_heads`` mode each query head carries its key/value group as a slot,
-    so that removal units take one query head from every group and the shrinking
-    step keeps a site whose groups would lose different numbers of heads.
+    Query heads and key/value heads are separate tied channels, so that masks of
+    either grouped-query mode can be shrunk: a key/value head goes only with every
+    query head of its group, and the kept groups must keep equal numbers of query
+    heads (else the site is kept and reported). ``gqa`` only decides how
+    :meth:`groups` presents them to strategies: ``"kv_groups"`` merges each key/value
+    head with its query heads into one tied channel; ``"query_heads"`` offers query heads
+    with their group as a slot (removal units take one from every group).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, gqa: str = "kv_groups") -> None:
         super().__init__()
+        self.gqa = gqa
         self.hf_sites: list[HFAttentionSite] = []
         self.hf_reports: list[Unsupported] = []  # modules left intact
         self.hf_ties: dict[str, list[str]] = {}  # input embedding -> LM heads sharing its weight
@@ -127,33 +135,77 @@ class HFChannelAnalysis(ChannelAnalysis):
 
     def groups(self) -> list[ChannelGroup]:
         groups = super().groups()
-        sites = {site.q_weight: site for site in self.hf_sites if site.mode == "query_heads"}
-        for group in groups:
-            for channel in group.channels:
-                for name, rows in channel.producers.items():
-                    site = sites.get(name)
-                    if site is not None and site.kv_of:
-                        channel.slots[f"{site.module}:kv"] = site.kv_of[rows[0] // site.head_dim]
+        for site in self.hf_sites:
+            if not site.kv_heads:
+                continue
+            q_weight, k_weight, v_weight = site.weights
+            position = {group.producers: i for i, group in enumerate(groups)}
+            queries = position.get((q_weight,))
+            kv = position.get((k_weight, v_weight))
+            if queries is None or kv is None:
+                continue
+            if self.gqa == "query_heads" and len(site.kv_heads) < len(site.heads):
+                for head, channel in enumerate(groups[queries].channels):
+                    channel.slots[f"{site.module}:kv"] = site.kv_of[head]
+                for channel in groups[kv].channels:
+                    channel.removable = False  # only with all its query heads
+                continue
+            merged = [
+                _merge([groups[kv].channels[g]] + [
+                    channel for head, channel in enumerate(groups[queries].channels)
+                    if site.kv_of[head] == g
+                ])
+                for g in range(len(site.kv_heads))
+            ]  # fmt: skip
+            groups[queries] = ChannelGroup((q_weight, k_weight, v_weight), merged)
+            del groups[kv]
         return groups
 
     def removed_roots(self, masks: Any) -> tuple[set[int], list[Unsupported]]:
         removed, reports = super().removed_roots(masks)
         for site in self.hf_sites:
-            if site.mode != "query_heads" or len(set(site.kv_of)) == len(site.kv_of):
-                continue
-            kept: dict[int, int] = {}
-            for head, element in enumerate(site.heads):
-                kept[site.kv_of[head]] = kept.get(site.kv_of[head], 0) + (
-                    self.find(element) not in removed
-                )
-            if len(set(kept.values())) > 1:
-                removed.difference_update(self.find(element) for element in site.heads)
-                reason = (
-                    "grouped-query attention would keep different numbers of query heads per "
-                    "key/value group; its heads are kept"
-                )
-                reports.append(Unsupported(site.module, "attention (GQA)", reason, (site.module,)))
+            if site.kv_heads:
+                reason = self._consistent_heads(site, removed)
+                if reason:
+                    reports.append(Unsupported(site.module, "attention", reason, (site.module,)))
         return removed, reports
+
+    def _consistent_heads(self, site: HFAttentionSite, removed: set[int]) -> str:
+        """Keep heads the masks remove inconsistently; returns what was kept, or ''."""
+        queries = [self.find(element) for element in site.heads]
+        notes = []
+        for group, element in enumerate(site.kv_heads):
+            kv_root = self.find(element)
+            members = [queries[h] for h in range(len(queries)) if site.kv_of[h] == group]
+            kept = [root for root in members if root not in removed]
+            if kv_root in removed and kept:
+                removed.discard(kv_root)
+                notes.append(f"key/value head {group} kept: query heads of its group stay")
+            elif kv_root not in removed and not kept:
+                removed.difference_update(members)
+                notes.append(f"query heads of group {group} kept: its key/value head stays")
+        counts = {
+            sum(queries[h] not in removed for h in range(len(queries)) if site.kv_of[h] == g)
+            for g, element in enumerate(site.kv_heads)
+            if self.find(element) not in removed
+        }
+        if len(counts) > 1:
+            removed.difference_update(queries)
+            removed.difference_update(self.find(element) for element in site.kv_heads)
+            notes = ["key/value groups would keep different numbers of query heads; all kept"]
+        return "; ".join(notes)
+
+
+def _merge(channels: list[TiedChannel]) -> TiedChannel:
+    """One tied channel made of several (a key/value head and its query heads)."""
+    merged = TiedChannel({}, {}, {}, all(channel.removable for channel in channels))
+    for channel in channels:
+        for table, part in ((merged.producers, channel.producers),
+                            (merged.consumers, channel.consumers),
+                            (merged.attached, channel.attached)):  # fmt: skip
+            for name, rows in part.items():
+                table[name] = tuple(sorted(table.get(name, ()) + rows))
+    return merged
 
 
 class _Builder:
@@ -164,7 +216,7 @@ class _Builder:
             raise ValueError(f"gqa must be one of {', '.join(GQA_MODES)}, got {gqa!r}")
         self.model = model
         self.gqa = gqa
-        self.analysis = HFChannelAnalysis()
+        self.analysis = HFChannelAnalysis(gqa)
         self.streams: dict[tuple[str, int], list[int]] = {}
         self.owner = ""  # the Hugging Face model whose modules are being added
 
@@ -261,22 +313,20 @@ class _Builder:
             self.reads_stream(layer)
         self.writes_stream(out)
         heads, kv_heads = len(q.rows) // dim, len(k.rows) // dim
-        kv_of = [h // (heads // kv_heads) for h in range(heads)]
-        mode = self.gqa if kv_heads < heads else "kv_groups"
-        for g in range(kv_heads):
-            kv_rows = k.rows[g * dim : (g + 1) * dim] + v.rows[g * dim : (g + 1) * dim]
-            if mode == "kv_groups":
-                members = [q.rows[h * dim + i] for h in range(heads) if kv_of[h] == g
-                           for i in range(dim)]  # fmt: skip
-                self.tie(kv_rows + members)
-            else:
-                self.tie(kv_rows)
-                self.analysis.pin(frozenset(kv_rows), None)
         for h in range(heads):
             self.tie(q.rows[h * dim : (h + 1) * dim])
+        for g in range(kv_heads):
+            self.tie(k.rows[g * dim : (g + 1) * dim] + v.rows[g * dim : (g + 1) * dim])
         out.inputs = [frozenset({e}) for e in q.rows]
-        style = "opt" if out_name == "out_proj" else "llama"
-        self.site(name, q.rows, dim, kv_of, mode, style, q.weight_name)
+        site = HFAttentionSite(
+            name, "hf", [q.rows[h * dim] for h in range(heads)],
+            kv_of=[h // (heads // kv_heads) for h in range(heads)],
+            kv_heads=[k.rows[g * dim] for g in range(kv_heads)],
+            style="opt" if out_name == "out_proj" else "llama", head_dim=dim,
+            weights=(q.weight_name, k.weight_name, v.weight_name),
+        )  # fmt: skip
+        self.analysis.hf_sites.append(site)
+        self.analysis.attention.append(site)
 
     def fused_attention(self, name: str, module: nn.Module, dim: int) -> None:
         qkv = self.linear(f"{name}.c_attn", module.c_attn)
@@ -288,11 +338,9 @@ class _Builder:
         for h in range(heads):
             self.tie([qkv.rows[p * width + h * dim + i] for p in range(3) for i in range(dim)])
         out.inputs = [frozenset({e}) for e in qkv.rows[:width]]
-        self.site(name, qkv.rows[:width], dim, list(range(heads)), "kv_groups", "gpt2", "")
-
-    def site(self, name, rows, dim, kv_of, mode, style, q_weight) -> None:
-        heads = [rows[h * dim] for h in range(len(kv_of))]
-        site = HFAttentionSite(name, "hf", heads, kv_of, mode, style, dim, q_weight)
+        heads_elements = [qkv.rows[h * dim] for h in range(heads)]
+        site = HFAttentionSite(name, "hf", heads_elements, kv_of=list(range(heads)),
+                               style="gpt2", head_dim=dim)  # fmt: skip
         self.analysis.hf_sites.append(site)
         self.analysis.attention.append(site)
 
@@ -363,11 +411,7 @@ def _stream(builder: _Builder, outer: str, hf_model: nn.Module) -> None:
 def resize_heads(model: nn.Module, site: HFAttentionSite, kept: list[int]) -> dict[str, Any]:
     """Set the head counts an attention module's forward reads after its projections were
     resized to the ``kept`` query heads; returns the entry for ``channel_config``."""
-    kv_kept = (
-        sorted({site.kv_of[h] for h in kept})
-        if site.mode == "kv_groups"
-        else sorted(set(site.kv_of))
-    )
+    kv_kept = sorted({site.kv_of[h] for h in kept})  # a key/value head goes with its group
     sizes = {"heads": len(kept), "kv_heads": len(kv_kept), "head_dim": site.head_dim,
              "style": site.style}  # fmt: skip
     _set_counts(model.get_submodule(site.module), sizes)
