@@ -269,12 +269,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(format_resolved_config(resolved))
         return 0
     from shrinkbench_core.experiment import distributed
+    from shrinkbench_core.experiment.rank_failures import RankFailedError
     from shrinkbench_core.experiment.runner import Experiment
     from shrinkbench_core.experiment.summary import summary_table
 
     if getattr(args, "nproc", None):  # relaunch this command under torchrun
         run_args = distributed.strip_nproc(sys.argv[1:])
-        return distributed.launch_torchrun(args.nproc, resolved.config.device, run_args)
+        return distributed.launch_torchrun(
+            args.nproc, resolved.config.device, run_args, distributed.run_path(resolved)
+        )
     resolved, writer = distributed.join_run(resolved)  # torchrun: rank 0 writes the results
     experiment = Experiment(resolved, quiet=args.quiet or not writer)
     try:
@@ -288,9 +291,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    except RankFailedError as error:  # a data-parallel rank failed: already reported
+        return error.exit_code
     except UserError as error:  # found only while running: the run directory says so
         print(f"error: {error}", file=sys.stderr)
-        if experiment.run_dir.status().get("status") == "failed":
+        if writer and experiment.run_dir.status().get("status") == "failed":
             print(f"the run is marked failed in {experiment.run_dir.path}", file=sys.stderr)
         return error.exit_code
     if not writer:

@@ -16,6 +16,7 @@ import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from shrinkbench_core.errors import UserError
+from shrinkbench_core.experiment.rank_failures import connect_board
 
 __all__ = [
     "DistributedContext",
@@ -256,7 +258,6 @@ def join_run(resolved: Any) -> tuple[Any, bool]:
     import atexit
     import dataclasses
     import tempfile
-    from pathlib import Path
 
     from shrinkbench_core.experiment.naming import run_name
 
@@ -268,6 +269,7 @@ def join_run(resolved: Any) -> tuple[Any, bool]:
     if not context.launched:
         return resolved, True
     atexit.register(destroy_distributed)
+    connect_board(context.rank, context.world_size)  # where a failing rank says why
     if context.rank != 0:
         output = Path(config.output)
         keep = os.environ.get("SHRINKBENCH_RANK_OUTPUT")  # keep the other ranks' files
@@ -288,12 +290,70 @@ def join_run(resolved: Any) -> tuple[Any, bool]:
     return resolved, context.rank == 0
 
 
-def launch_torchrun(nproc: int, device: str, run_args: Sequence[str]) -> int:
-    """``shrinkbench-run --nproc N ...``: run the same command under torchrun; its exit code."""
-    import subprocess
+def run_path(resolved: Any) -> Path:
+    """The run directory of a resolved experiment (as rank 0 writes it)."""
+    from shrinkbench_core.experiment.naming import run_name
+
+    return Path(resolved.config.output) / "runs" / run_name(resolved)
+
+
+def launch_torchrun(
+    nproc: int, device: str, run_args: Sequence[str], run_path: Path | None = None
+) -> int:
+    """``shrinkbench-run --nproc N ...``: run the same command under torchrun; its exit code.
+
+    torchrun's launcher runs in this process, so Ctrl-C or SIGTERM here stops every rank
+    the way torchrun does (the run is marked interrupted), and a failed rank ends in a
+    short report rather than torchrun's traceback. Rank 0 records and reports a failure;
+    when rank 0 itself ended without recording one (killed), this process marks the run
+    in ``run_path`` failed and says which ranks ended how.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
 
     check_nproc(nproc, device)
-    return subprocess.call(torchrun_command(nproc, run_args))
+    try:
+        run(parse_args(torchrun_command(nproc, run_args)[3:]))
+    except ChildFailedError as error:
+        return launch_failed(error.failures, run_path)
+    except SignalException:  # every rank was stopped with the same signal; rank 0 told
+        return 130
+    return 0
+
+
+def launch_failed(failures: Mapping[int, Any], run_path: Path | None) -> int:
+    """After torchrun reported failed ranks: the exit code, and the run marked failed when
+    rank 0 could not record it (``failures``: rank -> torchrun's ``ProcessFailure``)."""
+    from shrinkbench_core.experiment.rank_failures import report
+    from shrinkbench_core.experiment.rundir import FAILED, INTERRUPTED, RUNNING, RunDirectory
+
+    ended = "; ".join(
+        f"rank {rank} " + (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
+                           else f"exited with code {failure.exitcode}")
+        for rank, failure in sorted(failures.items())
+    )
+    codes = {failure.exitcode for failure in failures.values()}
+    run_dir = RunDirectory(run_path) if run_path is not None else None
+    status = run_dir.status().get("status") if run_dir is not None else None
+    if status == INTERRUPTED:
+        return 130
+    if status == FAILED:  # rank 0 recorded and reported it
+        return 1
+    if status != RUNNING:  # stopped before the run started: the ranks said why
+        return 2 if 2 in codes else 1
+    from shrinkbench_core.experiment.rank_failures import RunOutcome
+    from shrinkbench_core.experiment.rundir import RunBusyError
+
+    outcome = RunOutcome(FAILED, f"rank 0 ended without recording the outcome: {ended}")
+    try:
+        with run_dir.lock():
+            run_dir.set_status(FAILED, error=outcome.error)
+    except (RunBusyError, OSError):
+        print(f"error: {outcome.error}", file=sys.stderr)
+        return 1
+    print(report(outcome, run_dir.path), file=sys.stderr)
+    return 1
 
 
 def strip_nproc(argv: Sequence[str]) -> list[str]:

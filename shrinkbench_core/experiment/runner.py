@@ -36,6 +36,7 @@ from shrinkbench_core.experiment.context import RunContext, pick_device, seed_of
 from shrinkbench_core.experiment.distributed import distributed_record
 from shrinkbench_core.experiment.naming import run_name
 from shrinkbench_core.experiment.provenance import versions
+from shrinkbench_core.experiment.rank_failures import run_outcome
 from shrinkbench_core.experiment.resolve import ResolvedExperiment
 from shrinkbench_core.experiment.rundir import COMPLETE, FAILED, INTERRUPTED, RUNNING, RunDirectory
 from shrinkbench_core.experiment.schedule_api import Schedule
@@ -162,11 +163,12 @@ class Experiment:
                 try:
                     with training_options(options_for(self.config)):  # precision, DDP
                         result = self._run(schedule, progress)
-                except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, a worker told to stop
-                    self._end(events, INTERRUPTED, error="interrupted")
-                    raise
-                except BaseException as error:
-                    self._end(events, FAILED, error=f"{type(error).__name__}: {error}")
+                except BaseException as error:  # Ctrl-C, SIGTERM, a stop: interrupted
+                    with run_outcome(error, run_dir.path) as outcome:  # DDP: which rank failed
+                        self._end(events, outcome.status, error=outcome.error,
+                                  details=outcome.details())
+                    if outcome.exception is not None:
+                        raise outcome.exception from error
                     raise
                 self._end(events, COMPLETE, metrics=result.metrics)
         return result
@@ -198,13 +200,14 @@ class Experiment:
         )
 
     def _end(
-        self, events: RunEvents, status: str, metrics: dict | None = None, error: str | None = None
+        self, events: RunEvents, status: str, metrics: dict | None = None, error: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         """Record the final status (the commit of a complete run), settle a redo, announce."""
         if status == INTERRUPTED:
             self.run_dir.set_status(status, message="interrupted; rerun the same command to resume")
         elif status == FAILED:
-            self.run_dir.set_status(status, error=error)
+            self.run_dir.set_status(status, error=error, **(details or {}))
         else:
             self.run_dir.set_status(status)
         self.run_dir.settle(status)
