@@ -542,3 +542,22 @@ def test_runner_prunes_and_shrinks_an_hf_causal_lm(tmp_path):
     achieved = metrics["compression"]["achieved"]
     assert achieved >= 2.0
     assert structured["params_before"] / structured["params_after"] == pytest.approx(achieved)
+
+
+def test_strategy_option_gqa_query_heads_keeps_every_kv_head():
+    import shrinkbench_core as sb
+
+    model = llama()
+    example = ids(7)
+    # one removal unit per attention: one query head from each group (half of them)
+    pruned = sb.prune(model, "GlobalChannelNorm", 3.0, example_input=example, inplace=False,
+                      uniform=True, gqa="query_heads")  # fmt: skip
+    result = shrink_model(pruned.model, pruned.masks, example, atol=ATOL)
+    assert result.compression == pytest.approx(pruned.compression, rel=1e-6)
+    assert result.unsupported == []
+    for block in result.model.model.model.layers:
+        attention = block.self_attn
+        assert attention.k_proj.out_features == 16  # both key/value heads stay
+        assert attention.q_proj.out_features == 16 and attention.num_key_value_groups == 1
+    with pytest.raises(UserError, match="gqa"):
+        sb.prune(model, "GlobalChannelNorm", 2.0, example_input=example, gqa="pairs")

@@ -186,7 +186,8 @@ def tied_channels(
     device = first.device if first is not None else torch.device("cpu")
     example = torch.zeros(1, *strategy.input_shape, device=device)
     try:
-        analysis = analyze_channels(strategy.model, example)
+        gqa = getattr(strategy.options, "gqa", "kv_groups")
+        analysis = analyze_channels(strategy.model, example, gqa=gqa)
     except (UserError, RuntimeError, TypeError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         warnings.warn(

@@ -14,15 +14,25 @@ _GROUPED = Field(
 )
 
 
+_GQA = Field(
+    "kv_groups",
+    description="How grouped-query attention of Hugging Face models loses heads: 'kv_groups' "
+    "= a key/value head with its whole group of query heads; 'query_heads' = every key/value "
+    "head stays and each group loses as many query heads.",
+)
+
+
 class _GroupedOption(BaseModel):
-    """Leaves ``grouped`` out of dumps at its default, so resolved configs (and run
-    digests) stay as they were before the option existed."""
+    """Leaves ``grouped`` and ``gqa`` out of dumps at their defaults, so resolved configs
+    (and run digests) stay as they were before the options existed."""
 
     @model_serializer(mode="wrap")
     def _without_default_grouped(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
         if data.get("grouped") == "channels":
             data.pop("grouped")
+        if data.get("gqa") == "kv_groups":
+            data.pop("gqa")
         return data
 
 
@@ -38,6 +48,7 @@ class ChannelParameters(_GroupedOption):
         "pruning_ratio) instead of ranking channels across groups; LayerChannelNorm always does.",
     )
     grouped: Literal["channels", "groups"] = _GROUPED
+    gqa: Literal["kv_groups", "query_heads"] = _GQA
 
 
 class ChannelTaylorParameters(_GroupedOption):
@@ -50,6 +61,7 @@ class ChannelTaylorParameters(_GroupedOption):
         description="Remove the same share of every tied channel group (see GlobalChannelNorm).",
     )
     grouped: Literal["channels", "groups"] = _GROUPED
+    gqa: Literal["kv_groups", "query_heads"] = _GQA
 
 
 _BN_MODE = Field(
