@@ -334,6 +334,19 @@ def test_llama_mha_and_qwen2_biases():
     assert result.model.model.model.layers[0].self_attn.k_proj.bias.shape == (8,)
 
 
+def test_qwen3_heads_with_per_head_query_and_key_norms():
+    config = transformers.Qwen3Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = randomize(CausalLM(transformers.Qwen3ForCausalLM(config)))
+    _, result = shrink_half(model)
+    attention = result.model.model.model.layers[0].self_attn
+    assert attention.q_proj.out_features == 16 and attention.q_norm.weight.shape == (8,)
+    assert result.unsupported == []
+
+
 def opt_params(hidden: int, width: int, units: int, layers: int = 2) -> int:
     """Parameters of the tiny OPT (biases everywhere, LM head tied to the embedding,
     64 + 2 learned positions)."""
