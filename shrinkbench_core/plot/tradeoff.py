@@ -31,6 +31,7 @@ METRICS = ("top1", "top5", "perplexity")
 STAGES = {"finetuned": "after fine-tuning", "bestval": "best validation epoch",
           "pruned": "before fine-tuning"}
 SUFFIXES = (".png", ".pdf")
+LEGEND_INSIDE = 6  # more lines than this in a panel: the legend goes beside it
 
 
 @dataclass
@@ -44,25 +45,62 @@ class TradeoffSummary:
     survey_points: dict[str, int] = field(default_factory=dict)
 
 
-def _strategy_label(name: str, params: str) -> str:
-    return f"{name} ({params})" if params else name
+def split_params(params: str) -> list[str]:
+    """``key=value`` items of a results table's parameter cell (commas inside [] or {} kept)."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(params):
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            items.append(params[start:i])
+            start = i + 1
+    items.append(params[start:])
+    return [item for item in items if item]
 
 
-def with_labels(frame: pd.DataFrame) -> pd.DataFrame:
+def strategy_labels(names: list[str], params: list[str], x: str = "compression") -> list[str]:
+    """Legend names: the strategy and the parameters that tell its series apart.
+
+    With ``x="sparsity"`` the ``sparsity`` parameter is the x axis, not part of
+    the name. When a strategy has several parameter sets, the parameters all of
+    them share are left out (``SparseGPT`` and ``SparseGPT (nm=2:4)``); a
+    strategy with one parameter set keeps all of them.
+    """
+    kept = [
+        [item for item in split_params(p) if not (x == "sparsity" and item.startswith("sparsity="))]
+        for p in params
+    ]
+    sets: dict[str, set[tuple[str, ...]]] = {}
+    for name, items in zip(names, kept, strict=True):
+        sets.setdefault(name, set()).add(tuple(items))
+    shared = {
+        name: set.intersection(*map(set, variants)) if len(variants) > 1 else set()
+        for name, variants in sets.items()
+    }
+    labels = []
+    for name, items in zip(names, kept, strict=True):
+        shown = ",".join(item for item in items if item not in shared[name])
+        labels.append(f"{name} ({shown})" if shown else name)
+    return labels
+
+
+def with_labels(frame: pd.DataFrame, x: str = "compression") -> pd.DataFrame:
     """Add ``panel`` (dataset / model) and ``series`` (strategy + parameters) columns.
 
     A model's parameters join the panel name only when one (dataset, model)
     was run with several parameter sets; the pruning schedule joins the series
-    name only when the runs used several schedules.
+    name only when the runs used several schedules; the strategy's parameters
+    are those of :func:`strategy_labels`.
     """
     frame = frame.copy()
     schedules = frame["schedule"].fillna("oneshot") if "schedule" in frame else None
     several = schedules is not None and schedules.nunique() > 1
+    labels = strategy_labels(
+        list(frame["strategy"]), list(frame["strategy_params"].fillna("")), x
+    )
     frame["series"] = [
-        _strategy_label(name, params) + (f" [{schedule}]" if several else "")
-        for name, params, schedule in zip(
-            frame["strategy"], frame["strategy_params"].fillna(""),
-            schedules if schedules is not None else [""] * len(frame), strict=True,
+        label + (f" [{schedule}]" if several else "")
+        for label, schedule in zip(
+            labels, schedules if schedules is not None else [""] * len(frame), strict=True
         )
     ]
     variants = frame.groupby(["dataset", "model"])["model_params"].transform("nunique")
@@ -79,25 +117,50 @@ def with_labels(frame: pd.DataFrame) -> pd.DataFrame:
 def tradeoff_points(
     frame: pd.DataFrame, x: str = "compression", metric: str = "top1", stage: str = "finetuned"
 ) -> pd.DataFrame:
-    """The points of the figure: one per (panel, strategy, requested compression).
+    """The points of the figure: one per (panel, strategy and parameters, requested compression).
 
-    Columns: ``panel``, ``series``, ``compression`` (requested), ``x`` (mean
-    over seeds of the achieved compression or theoretical speedup), ``mean``
-    and ``std`` of the accuracy over seeds (sample standard deviation; 0 for a
-    single seed) and ``seeds`` (how many). Only complete runs count.
+    Columns: ``panel``, ``series``, ``strategy``, ``compression`` (requested), ``x`` (mean
+    over seeds of the achieved compression, theoretical speedup or sparsity),
+    ``mean`` and ``std`` of the metric over seeds (sample standard deviation;
+    0 for a single seed) and ``seeds`` (how many). Only complete runs count.
+    With ``x="sparsity"`` a series joins a strategy's runs at several
+    ``sparsity`` parameters into one line.
     """
     x_column, y_column = _columns(x, metric, stage)
-    runs = with_labels(frame[frame["status"] == "complete"])
+    runs = with_labels(frame[frame["status"] == "complete"], x)
     runs = runs.dropna(subset=[y_column])
     runs = runs.assign(x=runs[x_column].fillna(runs["compression"]) if x == "compression"
-                       else runs[x_column])
+                       else runs[x_column], params=runs["strategy_params"].fillna(""))
     runs = runs.dropna(subset=["x"])
-    grouped = runs.groupby(["panel", "series", "compression"], sort=True)
+    grouped = runs.groupby(["panel", "series", "strategy", "compression", "params"], sort=True)
     points = grouped.agg(
         x=("x", "mean"), mean=(y_column, "mean"), std=(y_column, "std"), seeds=(y_column, "size")
-    ).reset_index()
+    ).reset_index().drop(columns="params")
     points["std"] = points["std"].fillna(0.0)
     return points
+
+
+def dodge(points: pd.DataFrame, log: bool, width: float = 0.012) -> list[float]:
+    """x positions that draw points sharing an x value side by side (in series order).
+
+    Points of different series whose x agree to 1e-6 (relative) are spread
+    over ``width`` of the panel's x span per point (in log2 units on a log
+    axis); a lone point keeps its x.
+    """
+    xs = [math.log2(v) if log else float(v) for v in points["x"]]
+    span = max(max(xs) - min(xs), 1.0 if log else 0.5)
+    key = [float(f"{v:.6g}") for v in points["x"]]
+    members: dict[float, list[str]] = {}
+    for k, name in zip(key, points["series"], strict=True):
+        members.setdefault(k, [])
+        if name not in members[k]:
+            members[k].append(name)
+    shifted = []
+    for value, k, name in zip(xs, key, points["series"], strict=True):
+        names = sorted(members[k])
+        offset = (names.index(name) - (len(names) - 1) / 2) * width * span
+        shifted.append(2 ** (value + offset) if log else value + offset)
+    return shifted
 
 
 def dense_reference(frame: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
@@ -148,18 +211,27 @@ def plot_tradeoff(
     reference = dense_reference(frame, metric).set_index("panel")
     panels = sorted(points["panel"].unique())
     series = sorted(points["series"].unique())
-    colors = {name: colormaps["tab10"](i % 10) for i, name in enumerate(series)}
+    # one colour per strategy, one marker per parameter set (a strategy's variants side by side)
+    names = sorted(points["strategy"].unique())
+    hue = {name: colormaps["tab10"](i % 10) for i, name in enumerate(names)}
+    colors = dict(zip(points["series"], points["strategy"].map(hue), strict=True))
     markers = dict(zip(series, "osD^v<>pPhX*" * (len(series) // 12 + 1), strict=False))
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
-    figure = Figure(figsize=(5.2 * columns, 4.2 * rows), layout="constrained")
+    # many lines: the legend goes beside the panel, which widens the figure
+    outside = points.groupby("panel")["series"].nunique().max() > LEGEND_INSIDE
+    width = 5.2 + (2.6 if outside else 0.0)
+    figure = Figure(figsize=(width * columns, 4.2 * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     summary = TradeoffSummary(None, panels, series, int(points["seeds"].sum()))
     for ax, panel in zip(axes, panels, strict=False):
-        panel_points = points[points["panel"] == panel]
+        panel_points = points[points["panel"] == panel].copy()
+        panel_points["drawn_x"] = dodge(panel_points, log=x != "sparsity")
         if survey:
             dataset, model = _panel_names(frame, panel)
             summary.survey_points[panel] = _overlay_survey(ax, dataset, model, x, metric)
+        low = (panel_points["mean"] - panel_points["std"]).min()
+        high = (panel_points["mean"] + panel_points["std"]).max()
         if panel in reference.index:
             dense = reference.loc[panel]
             ax.axhline(dense["mean"], color="0.2", linestyle="--", linewidth=1, zorder=1,
@@ -167,11 +239,16 @@ def plot_tradeoff(
             if dense["std"] > 0:
                 ax.axhspan(dense["mean"] - dense["std"], dense["mean"] + dense["std"],
                            color="0.5", alpha=0.15, linewidth=0, zorder=0)
+            low = min(low, dense["mean"] - dense["std"])
+            high = max(high, dense["mean"] + dense["std"])
         for name, group in panel_points.groupby("series", sort=True):
             group = group.sort_values("x")
             ax.errorbar(
-                group["x"], group["mean"], yerr=group["std"], label=name, color=colors[name],
-                marker=markers[name], markersize=4, linewidth=1.4, capsize=3, zorder=3,
+                group["drawn_x"], group["mean"], yerr=group["std"], label=name,
+                color=colors[name], marker=markers[name], markersize=5, linewidth=1.4,
+                capsize=3, zorder=3,
+                # N:M patterns hollow, so 2:4 stands apart from 50% unstructured
+                markerfacecolor="white" if "nm=" in name else colors[name],
             )
         if x == "sparsity":  # a fraction, linear axis
             ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
@@ -180,9 +257,11 @@ def plot_tradeoff(
             ax.xaxis.set_major_locator(LogLocator(base=2))
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.set_xlabel(X_LABELS[x])
+        dodged = bool((panel_points["drawn_x"] != panel_points["x"]).any())
+        ax.set_xlabel(X_LABELS[x] + ("\n(points at the same value drawn side by side)"
+                                     if dodged else ""))
         if metric == "perplexity":  # lower is better, spans orders of magnitude
-            ax.set_yscale("log")
+            _perplexity_axis(ax, low, high)
             ax.set_ylabel(f"Test perplexity ({STAGES[stage]})")
         else:
             ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
@@ -191,10 +270,25 @@ def plot_tradeoff(
         ax.set_title(f"{panel}  (mean ± std over {'/'.join(map(str, seeds))} seeds)",
                      fontsize="medium")
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize="small")
+        if outside:
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        else:
+            ax.legend(fontsize="small")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     return figure, summary
+
+
+def _perplexity_axis(ax, low: float, high: float) -> None:
+    """Log y axis with plain numbers; within a decade, about six readable ticks."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, NullLocator
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    if low > 0 and high / low < 10:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.yaxis.set_minor_locator(NullLocator())
 
 
 def _panel_names(frame: pd.DataFrame, panel: str) -> tuple[str, str]:
