@@ -2,7 +2,10 @@
 
 1) SparseGPT and Wanda (shrinkbench-llm) on one LLaMA-7B-shaped decoder block (width 4096,
    MLP 11008, random weights), bf16 and fp32: time and peak extra memory (RSS growth over the
-   block's weights and calibration inputs), each in a fresh process.
+   block's weights and the token ids), each in a fresh process, calibrated on ``--samples``
+   windows of ``--seqlen`` tokens (default 16 x 512 = 8192 tokens; the papers use 128 x 2048).
+   Beside it, what the design holds on top of the weights: the block's calibration inputs
+   (tokens x 4096 in the model's dtype) and, for SparseGPT, the block's seven fp32 Hessians.
 2) Global magnitude masks (ShrinkBench's GlobalMagWeight on the core's streamed selection) on a
    stack of bf16 4096x4096 linear layers with 2^31 weights (``--log2-weights``), beside
    ``torch.nn.utils.prune.global_unstructured``. Each runs in a child process under an address
@@ -12,6 +15,7 @@
     python benchmarks/bench_llm.py                      # both parts, full size
     python benchmarks/bench_llm.py --log2-weights 28    # a smaller global-selection model
     python benchmarks/bench_llm.py --skip-block         # only part 2
+    python benchmarks/bench_llm.py --skip-selection --samples 32 --seqlen 1024
 """
 
 from __future__ import annotations
@@ -149,12 +153,22 @@ def _child(*args: str) -> dict:
     return json.loads(lines[-1])
 
 
+def held_by_design(method: str, dtype: str, tokens: int) -> int:
+    """Bytes the design holds beside the weights: block inputs (+ SparseGPT's fp32 Hessians)."""
+    inputs = tokens * WIDTH * (2 if dtype == "bf16" else 4)
+    hessians = 4 * (6 * WIDTH * WIDTH + MLP * MLP) if method == "SparseGPT" else 0
+    return inputs + hessians
+
+
 def block_part(samples: int, seqlen: int) -> None:
     print(
         f"\n1) One LLaMA-7B-shaped block (q/k/v/o {WIDTH}x{WIDTH}, gate/up/down {MLP}), 50% "
-        f"unstructured, calibration {samples} x {seqlen} tokens, fresh process each"
+        f"unstructured, fresh process each, torch threads {torch.get_num_threads()}\n"
+        f"   calibration: {samples} windows x {seqlen} tokens = {samples * seqlen} tokens "
+        f"(--samples, --seqlen)"
     )
-    print(f"{'':20}{'time (s)':>10}{'peak extra (MiB)':>18}{'extra / block weights':>24}")
+    print(f"{'':20}{'time (s)':>10}{'peak extra (MiB)':>18}{'extra / block weights':>24}"
+          f"{'inputs + Hessians (MiB)':>26}")  # fmt: skip
     for dtype in ("bf16", "fp32"):
         for method in ("SparseGPT", "WandaLM"):
             r = _child("block", method, dtype, str(samples), str(seqlen))
@@ -163,10 +177,13 @@ def block_part(samples: int, seqlen: int) -> None:
                 print(f"{label:20}failed: {r['failed']}")
                 continue
             block_bytes = r["weights"] * (2 if dtype == "bf16" else 4)
+            design = held_by_design(method, dtype, samples * seqlen)
             print(
                 f"{label:20}{r['seconds']:>10.1f}{r['extra_bytes'] / 2**20:>18.0f}"
-                f"{r['extra_bytes'] / block_bytes:>23.2f}x"
+                f"{r['extra_bytes'] / block_bytes:>23.2f}x{design / 2**20:>26.0f}"
             )
+    print("   inputs + Hessians: computed, what the design holds beside the weights; peak extra: "
+          "measured (RSS high-water mark)")  # fmt: skip
 
 
 def selection_part(log2_weights: int, extra_gib: float) -> None:
@@ -195,10 +212,22 @@ def selection_part(log2_weights: int, extra_gib: float) -> None:
         )
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=8, help="calibration windows (part 1)")
-    parser.add_argument("--seqlen", type=int, default=256, help="tokens per window (part 1)")
+    parser.add_argument("--samples", type=_positive, default=16,
+                        help="calibration windows (part 1; default 16)")
+    parser.add_argument("--seqlen", type=_positive, default=512,
+                        help="tokens per calibration window (part 1; default 512)")
     parser.add_argument("--log2-weights", type=int, default=31, help="model size (part 2)")
     parser.add_argument(
         "--extra-gib", type=float, default=None,
