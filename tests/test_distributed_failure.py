@@ -269,14 +269,18 @@ def test_the_launcher_marks_a_run_failed_when_rank_zero_died_without_a_word(tmp_
     run_dir = RunDirectory(tmp_path / "runs" / "r")
     run_dir.prepare()
     run_dir.set_status("running")
-    failures = {0: ProcessFailure(0, 11, -9, ""), 1: ProcessFailure(1, 12, 1, "")}
+    failures = {0: ProcessFailure(0, 11, -9, ""), 1: ProcessFailure(1, 12, -15, "")}
     assert launch_failed(failures, run_dir.path) == 1
-    status = run_dir.status()
-    assert status["status"] == "failed"
-    assert status["error"] == ("rank 0 ended without recording the outcome: rank 0 was killed by "
-                               "SIGKILL; rank 1 exited with code 1")
+    assert run_dir.status() == {
+        "status": "failed", "failed_rank": 0,
+        "error": "rank 0 ended without recording the outcome: rank 0 was killed by SIGKILL; "
+                 "rank 1 was stopped with SIGTERM"}
     assert "the run is marked failed in" in capsys.readouterr().err
-    # rank 0 recorded the outcome itself: left as it is
+    # rank 0 recorded the outcome itself: left as it is, exit 2 for a user's error
+    run_dir.set_status("failed", error="CheckpointError: cannot resume")
+    user_error = {0: ProcessFailure(0, 11, 2, ""), 1: ProcessFailure(1, 12, -15, "")}
+    assert launch_failed(user_error, run_dir.path) == 2
+    assert run_dir.status()["error"] == "CheckpointError: cannot resume"
     run_dir.set_status("interrupted")
     assert launch_failed(failures, run_dir.path) == 130
     assert run_dir.status()["status"] == "interrupted"

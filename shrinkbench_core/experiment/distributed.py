@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -328,27 +329,34 @@ def launch_failed(failures: Mapping[int, Any], run_path: Path | None) -> int:
     from shrinkbench_core.experiment.rank_failures import report
     from shrinkbench_core.experiment.rundir import FAILED, INTERRUPTED, RUNNING, RunDirectory
 
-    ended = "; ".join(
-        f"rank {rank} " + (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
-                           else f"exited with code {failure.exitcode}")
-        for rank, failure in sorted(failures.items())
-    )
-    codes = {failure.exitcode for failure in failures.values()}
+    stops = {-signal.SIGTERM, -signal.SIGINT}  # how torchrun stops the ranks left
+
+    def ended(failure: Any) -> str:
+        if failure.exitcode in stops:
+            return f"was stopped with {failure.signal_name()}"
+        if failure.exitcode < 0:
+            return f"was killed by {failure.signal_name()}"
+        return f"exited with code {failure.exitcode}"
+
+    how = "; ".join(f"rank {rank} {ended(failure)}" for rank, failure in sorted(failures.items()))
+    killed = [rank for rank, failure in sorted(failures.items())
+              if failure.exitcode < 0 and failure.exitcode not in stops]
+    own = {failure.exitcode for failure in failures.values() if failure.exitcode not in stops}
+    code = 2 if own == {2} else 1  # 2: the ranks stopped on a user's error
     run_dir = RunDirectory(run_path) if run_path is not None else None
     status = run_dir.status().get("status") if run_dir is not None else None
     if status == INTERRUPTED:
         return 130
-    if status == FAILED:  # rank 0 recorded and reported it
-        return 1
-    if status != RUNNING:  # stopped before the run started: the ranks said why
-        return 2 if 2 in codes else 1
+    if status != RUNNING:  # rank 0 recorded it (failed), or the run never started
+        return code
     from shrinkbench_core.experiment.rank_failures import RunOutcome
     from shrinkbench_core.experiment.rundir import RunBusyError
 
-    outcome = RunOutcome(FAILED, f"rank 0 ended without recording the outcome: {ended}")
+    outcome = RunOutcome(FAILED, f"rank 0 ended without recording the outcome: {how}",
+                         killed[0] if killed else None)
     try:
         with run_dir.lock():
-            run_dir.set_status(FAILED, error=outcome.error)
+            run_dir.set_status(FAILED, error=outcome.error, **outcome.details())
     except (RunBusyError, OSError):
         print(f"error: {outcome.error}", file=sys.stderr)
         return 1
