@@ -258,20 +258,28 @@ def run_outcome(error: BaseException, run_path: Path) -> Iterator[RunOutcome]:
     if not isinstance(outcome.exception, RankFailedError) or not str(outcome.exception):
         return
     if rank != 0:
-        print(f"{outcome.error.splitlines()[0][:500]} (rank 0 marks the run failed)",
+        print(f"{outcome.error.splitlines()[0][:500]} (rank 0 reports it)",
               file=sys.stderr)
         return
-    if outcome.traceback:
-        from shrinkbench_core.experiment.atomic import atomic_write_text
+    from shrinkbench_core.experiment.atomic import atomic_write_text, read_json
 
+    try:
+        marked = (read_json(run_path / "status.json") or {}).get("status") == FAILED
+    except (OSError, ValueError):
+        marked = False
+    if marked and outcome.traceback:  # not when a redo's complete run was put back
         atomic_write_text(run_path / "error.txt", outcome.traceback)
-    print(report(outcome, run_path), file=sys.stderr)
+    print(report(outcome, run_path, marked), file=sys.stderr)
 
 
-def report(outcome: RunOutcome, run_path: Path) -> str:
-    """The one-screen error of a failed data-parallel run."""
-    lines = [f"error: {(outcome.error or 'failed').splitlines()[0][:500]}",
-             f"the run is marked failed in {run_path}"]
+def report(outcome: RunOutcome, run_path: Path, marked: bool = True) -> str:
+    """The one-screen error of a failed data-parallel run (``marked``: the run directory
+    says failed; else a redo failed and the complete run it redid was put back)."""
+    lines = [f"error: {(outcome.error or 'failed').splitlines()[0][:500]}"]
+    if not marked:
+        lines.append(f"the complete run it was redoing is kept in {run_path}")
+        return "\n".join(lines)
+    lines.append(f"the run is marked failed in {run_path}")
     if outcome.traceback:
         whose = "its" if outcome.rank is None else f"rank {outcome.rank}'s"
         lines[-1] += f" ({whose} traceback: {run_path / 'error.txt'})"
