@@ -1,9 +1,11 @@
 """When one rank of a data-parallel run fails: every rank stops, rank 0 says which and why.
 
 A rank that raises records its outcome (error and traceback) in the key-value store of
-torchrun's rendezvous, then leaves the process group: a peer waiting for it in a
-collective gets a connection error at once instead of hanging. Rank 0, stopped by that
-error or by torchrun's SIGTERM, reads the other ranks' outcomes and its own and decides:
+torchrun's rendezvous, leaves the process group and exits: a peer waiting for it in a
+collective gets a connection error when its connections close (when its process ends, if
+a ``DistributedDataParallel`` model still holds the group) instead of hanging. Rank 0,
+stopped by that error or by torchrun's SIGTERM, reads the other ranks' outcomes and its
+own and decides:
 
 * a rank raised: the run is ``failed``, with that rank and its error (``error.txt``
   holds its traceback);
@@ -144,7 +146,8 @@ def _ignore_stop_signals() -> None:
 
 
 def _leave_group() -> None:
-    """Leave the process group: peers blocked in a collective with this rank get an error."""
+    """Leave the process group; its connections close once nothing else holds it (a DDP
+    model does until the process ends), and peers blocked on them get an error."""
     if dist.is_available() and dist.is_initialized():
         with suppress(RuntimeError, ValueError):
             dist.destroy_process_group()
