@@ -19,7 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Accuracy against compression ratio or theoretical speedup: one panel per "
         "(dataset, model), one line per strategy, mean and standard deviation over seeds, "
         "log-2 x axis, the dense accuracy as a reference line. Only complete runs are drawn; "
-        "damaged ones are named on stderr.",
+        "damaged ones are named on stderr. With --x sparsity a strategy's runs at several "
+        "'sparsity' parameters form one line; N:M patterns (nm=2:4) are hollow markers in the "
+        "strategy's colour; points at the same x are drawn side by side.",
     )
     parser.add_argument("dir", help="a sweep's output folder (or any folder of run directories)")
     parser.add_argument("--x", choices=("compression", "speedup", "sparsity"),
