@@ -199,6 +199,9 @@ def _child(function: Any, name: str, memory_gb: float, queue: Any) -> None:
     except MemoryError:
         queue.put({"error": f"memory limit ({memory_gb:g} GB address space)"})
     except Exception as error:  # report any failure of either tool as a result
+        if "can't allocate memory" in str(error):  # torch's allocator hit the limit
+            queue.put({"error": f"memory limit ({memory_gb:g} GB address space)"})
+            return
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         queue.put({"error": f"{type(error).__name__}: {message}"[:200]})
 
@@ -277,6 +280,11 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
             f"Torch-Pruning succeeded on {len(succeeded)}/{len(peered)}; ours >= 90% of its "
             f"parameter compression on {len(paired) - len(below)}/{len(succeeded)}"
             + (f" (below: {', '.join(below)})" if below else "")
+            + (
+                f"; ours / TP {min(r for _, r in paired):.0%}-{max(r for _, r in paired):.0%}"
+                if paired
+                else ""
+            )
         )
     return lines
 
@@ -378,7 +386,10 @@ def main(argv: list[str] | None = None) -> None:
     text = table(results, args.peer) + "\n\n" + "\n".join(summary(results))
     print(text)
     if args.readme and args.peer:
-        compact = peer_table(results) + "\n\n" + "\n".join(summary(results)[1:])
+        compact = "\n".join(summary(results)[1:]) + (
+            "\n\n<details><summary>per model</summary>\n\n" + peer_table(results)
+            + "\n\n</details>"
+        )  # fmt: skip
         write_readme(compact, PEER_BEGIN, PEER_END)
     elif args.readme:
         write_readme(text)
