@@ -27,7 +27,10 @@ class ExportResult:
     (ONNX: onnxruntime's; pt: the reloaded program's; safetensors: the tensors)
     and the model's, on ``example_input``. ``parameters`` / ``nonzero`` count
     the exported model's parameters; ``parameters_before`` those of the
-    unshrunk model.
+    unshrunk model. ``example_input`` says which input the file was traced and
+    checked with: ``source`` ``data`` (a sample of the run's test split), ``random``
+    (seeded, when the run's data could not be built; with the reason) or ``given``,
+    plus its dtype and shape. The same record is in the file's metadata.
     """
 
     path: Path
@@ -39,6 +42,8 @@ class ExportResult:
     parameters_before: int
     shrunk: bool = False
     notes: list[str] = field(default_factory=list)
+    example_input: dict[str, Any] = field(default_factory=dict)
+    example_summary: str = ""
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -53,6 +58,8 @@ class ExportResult:
             f"{self.nonzero:,} of {self.parameters:,} parameters nonzero{shrink})",
             f"check: max |difference| from the model = {self.max_abs_diff:.3g}",
         ]
+        if self.example_summary:
+            lines.append(f"example input: {self.example_summary}")
         lines += [f"note: {note}" for note in self.notes]
         lines.append(f"load: {loader_hint(self.format, self.path)}")
         return "\n".join(lines)
@@ -69,6 +76,7 @@ class ExportResult:
             "parameters_before": self.parameters_before,
             "shrunk": self.shrunk,
             "notes": self.notes,
+            "example_input": self.example_input,
         }
 
 
@@ -138,8 +146,11 @@ def export_model(
             (:func:`~shrinkbench_core.pruning.shrink.shrink_model`; channel strategies).
         model: for a run of a user-built model, the same architecture (a module
             or a zero-argument function building one); its weights are replaced.
-        example_input: one input batch; default for a run: seeded random input of
-            the dataset's shape.
+        example_input: one input batch; default for a run: the first sample of the
+            run's test split, rebuilt with the run's recorded dataset parameters and
+            data seed (its exact dtype and shape), or, when the data cannot be built,
+            a seeded random input of the dataset's nominal shape (see
+            :mod:`~shrinkbench_core.exporting.example`).
         masks: for a module source, masks to apply (to a copy) first.
         tolerance: largest accepted difference, relative to the output's scale
             (``max |diff| <= tolerance * max(1, max |output|)``).
@@ -177,19 +188,25 @@ def export_model(
         "architecture": loaded.architecture,
         "channel_config": channel_config,
         "input_shape": list(loaded.example_input.shape[1:]),
+        "input_dtype": str(loaded.example_input.dtype).removeprefix("torch."),
+        "example_input": loaded.example.describe() if loaded.example else {},
         "masks_applied": bool(loaded.masks),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         if fmt == "pt":
-            difference, more = formats.write_pt(exported, loaded.example_input, temporary)
+            difference, more = formats.write_pt(
+                exported, loaded.example_input, temporary, metadata
+            )
         elif fmt == "safetensors":
             difference, more = formats.write_safetensors(
                 exported, loaded.example_input, temporary, metadata
             )
         else:
-            difference, more = formats.write_onnx(exported, loaded.example_input, temporary)
+            difference, more = formats.write_onnx(
+                exported, loaded.example_input, temporary, metadata
+            )
         notes += more
         with torch.no_grad():
             scale = max(1.0, *(float(t.abs().max()) for t in
@@ -216,6 +233,8 @@ def export_model(
         parameters_before=before,
         shrunk=shrink,
         notes=notes,
+        example_input=metadata["example_input"],
+        example_summary=loaded.example.summary() if loaded.example else "",
     )
 
 

@@ -7,9 +7,13 @@ difference between the reloaded file's outputs (or tensors) and the model's.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,8 @@ from torch import nn
 from shrinkbench_core.errors import UserError
 
 EXTRA_HINT = "pip install 'shrinkbench-core[export]'"
+#: Name of the extra file holding the export's metadata in a ``pt`` archive.
+PT_METADATA = "shrinkbench.json"
 LIBRARIES = {"pt": (), "safetensors": ("safetensors",), "onnx": ("onnx", "onnxruntime")}
 
 
@@ -59,8 +65,18 @@ def max_difference(reference: Any, output: Any) -> float:
     return worst
 
 
-def write_pt(model: nn.Module, example: torch.Tensor, path: Path) -> tuple[float, list[str]]:
-    """A ``torch.export`` program with a dynamic batch dimension when the model allows it."""
+def _metadata_json(metadata: dict[str, Any] | None) -> str:
+    return json.dumps(metadata or {}, sort_keys=True)
+
+
+def write_pt(
+    model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any] | None = None
+) -> tuple[float, list[str]]:
+    """A ``torch.export`` program with a dynamic batch dimension when the model allows it.
+
+    ``metadata`` goes, as JSON, into the archive's extra file ``shrinkbench.json``
+    (``torch.export.load(f, extra_files={"shrinkbench.json": ""})``).
+    """
     notes: list[str] = []
     batch2 = torch.cat([example, example]) if example.shape[0] == 1 else example
     try:
@@ -71,7 +87,7 @@ def write_pt(model: nn.Module, example: torch.Tensor, path: Path) -> tuple[float
         notes.append(f"exported for batch size {example.shape[0]} only ({type(error).__name__})")
         program = torch.export.export(model, (example,), strict=False)
     with path.open("wb") as handle:  # a file object: any suffix, not only .pt2
-        torch.export.save(program, handle)
+        torch.export.save(program, handle, extra_files={PT_METADATA: _metadata_json(metadata)})
     with path.open("rb") as handle:
         loaded = torch.export.load(handle).module()
     with torch.no_grad():
@@ -102,8 +118,44 @@ def write_safetensors(
     return worst, []
 
 
-def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> tuple[float, list[str]]:
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [""])[0][:300]
+
+
+@contextlib.contextmanager
+def _quiet_output() -> Iterator[None]:
+    """Silence file descriptors 1 and 2 while torch's ONNX exporter runs.
+
+    Its TorchScript-based exporter leaves its C++ log switched on and prints the
+    whole graph to stdout when an operator is unsupported; the error says what
+    failed instead. The log switch is restored afterwards.
+    """
+    log_enabled = torch._C._jit_is_onnx_log_enabled()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in saved:
+            os.close(descriptor)
+        torch._C._jit_set_onnx_log_enabled(log_enabled)
+
+
+def write_onnx(
+    model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any] | None = None
+) -> tuple[float, list[str]]:
     """``torch.onnx.export`` (batch dimension dynamic), checked with onnxruntime.
+
+    ``metadata`` goes into the model's ``metadata_props`` (each value a string; JSON
+    for structured values).
 
     Uses torch's TorchScript-based exporter (no extra dependency, mature for
     convolutional networks); when this torch no longer has it or it fails, the
@@ -113,7 +165,8 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> tuple[flo
     import onnxruntime
 
     notes = ["exporter: TorchScript-based torch.onnx.export"]
-    with warnings.catch_warnings():
+    other_formats = "--format pt or safetensors can hold this model"
+    with warnings.catch_warnings(), _quiet_output():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
@@ -122,16 +175,32 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> tuple[flo
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
             )
         except Exception as error:
+            reason = f"{type(error).__name__}: {_first_line(error)}"
             if importlib.util.find_spec("onnxscript") is None:
                 raise UserError(
-                    f"torch.onnx.export failed ({type(error).__name__}: {error}); the "
-                    "torch.export-based exporter would need onnxscript: pip install onnxscript"
+                    f"this model cannot be written as onnx: torch's TorchScript-based "
+                    f"exporter failed ({reason}); the torch.export-based exporter would need "
+                    f"onnxscript (pip install onnxscript). {other_formats}"
                 ) from None
-            notes = [f"exporter: torch.export-based (TorchScript-based failed: {error})"]
-            torch.onnx.export(
-                model, (example,), str(path), dynamo=True, input_names=["input"],
-                output_names=["output"],
-            )
+            notes = [f"exporter: torch.export-based (TorchScript-based failed: {reason})"]
+            try:
+                torch.onnx.export(
+                    model, (example,), str(path), dynamo=True, input_names=["input"],
+                    output_names=["output"],
+                )
+            except Exception as second:
+                raise UserError(
+                    f"this model cannot be written as onnx: torch's TorchScript-based exporter "
+                    f"failed ({reason}), and so did the torch.export-based one "
+                    f"({type(second).__name__}: {_first_line(second)}). {other_formats}"
+                ) from None
+    if metadata:
+        proto = onnx.load(str(path), load_external_data=False)
+        onnx.helper.set_model_props(proto, {
+            key: value if isinstance(value, str) else json.dumps(value)
+            for key, value in metadata.items()
+        })
+        onnx.save(proto, str(path))
     onnx.checker.check_model(str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: example.numpy()}

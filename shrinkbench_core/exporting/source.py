@@ -18,14 +18,26 @@ import torch
 from torch import nn
 
 from shrinkbench_core.errors import UserError
+from shrinkbench_core.exporting.example import (
+    ExampleInput,
+    RunData,
+    build_run_data,
+    from_data,
+    seeded_random,
+)
 
 
 @dataclass
 class ExportSource:
-    """A model ready to export, in eval mode on the CPU, with where it came from."""
+    """A model ready to export, in eval mode on the CPU, with where it came from.
+
+    ``example`` says where ``example_input`` came from (the run's data, seeded random
+    input, or the caller).
+    """
 
     model: nn.Module
     example_input: torch.Tensor
+    example: ExampleInput | None = None
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     architecture: dict[str, Any] = field(default_factory=dict)
     structure: str | None = None  # the strategy's: "unstructured", "channel", "n:m"
@@ -54,9 +66,11 @@ def from_model(
     model = _model_of(model).cpu().eval()
     if masks:
         apply_masks(model, masks)
+    example = ExampleInput(example_input.detach().cpu(), "given")
     return ExportSource(
         model=model,
-        example_input=example_input.detach().cpu(),
+        example_input=example.tensor,
+        example=example,
         masks=dict(masks or {}),
         architecture={"class": f"{type(model).__module__}.{type(model).__qualname__}"},
     )
@@ -94,7 +108,13 @@ def from_run(
         )
     record = read_json(run.config) or {}
     config = record.get("config") or {}
-    built, architecture = _build(config, model, run.path)
+    # the run's own data give the model's real input shape and classes, and the example
+    data = (
+        build_run_data(record)
+        if example_input is None or model is None
+        else RunData(reason="not needed")
+    )
+    built, architecture = _build(config, model, run.path, data)
     redo = "rerun the run's command with --force to redo it"
     try:
         state = torch.load(run.model, map_location="cpu", weights_only=True)
@@ -113,18 +133,24 @@ def from_run(
     except UserError as error:
         raise UserError(f"{str(error).splitlines()[0][:300]}; {redo}") from None
     apply_masks(built, masks)
+    built = built.cpu().eval()
     shape = architecture.get("input_shape")
-    if example_input is None:
-        if not shape:
-            raise UserError(
-                f"cannot tell the input shape of run {run.path}; pass example_input= "
-                "(one input batch)"
-            )
-        generator = torch.Generator().manual_seed(0)
-        example_input = torch.randn(1, *shape, generator=generator)
+    if example_input is not None:
+        example = ExampleInput(example_input.detach().cpu(), "given")
+    elif data.splits is not None:
+        example = from_data(data)
+    elif shape:
+        example = seeded_random(built, tuple(shape), data.reason)
+    else:
+        raise UserError(
+            f"cannot tell the input shape of run {run.path} (its data could not be built: "
+            f"{data.reason}); pass example_input= (one input batch)"
+        )
+    architecture["input_dtype"] = str(example.tensor.dtype).removeprefix("torch.")
     return ExportSource(
-        model=built.cpu().eval(),
-        example_input=example_input.detach().cpu(),
+        model=built,
+        example_input=example.tensor,
+        example=example,
         masks=masks,
         architecture=architecture,
         structure=_structure(config),
@@ -133,9 +159,13 @@ def from_run(
 
 
 def _build(
-    config: dict[str, Any], model: Any, run_path: Path
+    config: dict[str, Any], model: Any, run_path: Path, data: RunData
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The run's architecture, freshly built (weights are loaded afterwards)."""
+    """The run's architecture, freshly built (weights are loaded afterwards).
+
+    Input shape and classes are those of the run's data (as the runner built the
+    model), else the dataset's nominal ones.
+    """
     from shrinkbench_core.registry import get_registry
 
     registry = get_registry()
@@ -152,6 +182,11 @@ def _build(
         architecture["num_classes"] = dataset.num_classes
     except UserError:
         pass  # a user's own data: example_input must then be given
+    if data.splits is not None:
+        architecture["input_shape"] = list(
+            data.splits.input_shape or architecture.get("input_shape") or []
+        )
+        architecture["num_classes"] = data.splits.num_classes or architecture.get("num_classes")
     if model is not None:
         built = _model_of(model)
     else:
@@ -168,11 +203,22 @@ def _build(
                 f"cannot tell the classes of run {run_path}'s dataset; pass model= the built "
                 "architecture and example_input="
             )
-        built = spec.load()(
-            spec.parameters(**architecture["params"]),
-            num_classes=architecture["num_classes"],
-            input_shape=tuple(architecture["input_shape"]),
-        )
+        try:
+            built = spec.load()(
+                spec.parameters(**architecture["params"]),
+                num_classes=architecture["num_classes"],
+                input_shape=tuple(architecture["input_shape"]),
+            )
+        except UserError as error:
+            if data.splits is not None:
+                raise
+            raise UserError(
+                f"cannot rebuild the model of run {run_path}: its data could not be built "
+                f"({data.reason}), and with the dataset's nominal input shape "
+                f"{tuple(architecture['input_shape'])} the model fails: "
+                f"{' '.join(str(error).split())[:300]}. Make the run's data available again, "
+                "or pass model= the built architecture and example_input="
+            ) from None
     architecture["class"] = f"{type(built).__module__}.{type(built).__qualname__}"
     return built, architecture
 
