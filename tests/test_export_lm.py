@@ -170,3 +170,39 @@ def test_onnx_that_cannot_represent_the_model_is_one_clear_error(tmp_path, capfd
     assert "graph" not in printed.out and "graph" not in printed.err
     assert not torch._C._jit_is_onnx_log_enabled()
     assert list(tmp_path.iterdir()) == []
+
+
+LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+         "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "vocab_size": 65, "max_position_embeddings": SEQLEN}
+
+
+def test_shrunk_hf_llama_run_exports_with_token_ids(tmp_path, capsys):
+    """Channel pruning of a Hugging Face model, shrunk physically, then exported."""
+    config = {
+        "model": {"name": "hf-causal-lm", "params": {"config": LLAMA}},
+        "dataset": LM_RUN["dataset"],
+        "dense": {"epochs": 0}, "finetune": {"epochs": 0}, "metrics": ["size"],
+    }
+    run = sb.run(config, strategy="GlobalChannelNorm", compression=1.5,
+                 output=str(tmp_path / "runs"), quiet=True)
+    result = sb.export(run, tmp_path / "h.pt", shrink=True)
+    assert result.shrunk and result.parameters < result.parameters_before / 1.3
+    assert result.example_input["dtype"] == "int64"
+    from shrinkbench_core.exporting.source import from_run
+
+    masked = from_run(run.path).model
+    ids = torch.randint(0, 65, (2, SEQLEN), generator=torch.Generator().manual_seed(3))
+    with (tmp_path / "h.pt").open("rb") as handle:
+        program = torch.export.load(handle).module()
+    with torch.no_grad():
+        assert torch.allclose(program(ids), masked(ids), atol=1e-4)
+    assert sb.export(run, tmp_path / "h.safetensors", shrink=True).max_abs_diff == 0
+    if formats.importlib.util.find_spec("onnxscript") is None:  # transformers' masks: aten::diff
+        assert main(["export", str(run.path), "--out", str(tmp_path / "h.onnx")]) == 2
+        error = capsys.readouterr().err
+        assert "cannot be written as onnx" in error and len(error.splitlines()) == 1
+        assert not (tmp_path / "h.onnx").exists()
+    else:  # the torch.export-based exporter writes it
+        onnx_result = sb.export(run, tmp_path / "h.onnx", shrink=True)
+        assert onnx_result.max_abs_diff < 1e-4 and "torch.export-based" in onnx_result.notes[-1]
