@@ -92,8 +92,8 @@ class TinyGPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         steps = input_ids.shape[-1]
-        if steps > self.max_positions:
-            raise ValueError(f"sequence of {steps} tokens > max_positions {self.max_positions}")
+        # torch._assert (not `if ...: raise`) keeps the model traceable by torch.fx
+        torch._assert(steps <= self.max_positions, "sequence longer than max_positions")
         positions = torch.arange(steps, device=input_ids.device)
         x = self.drop(self.tok_emb(input_ids) + self.pos_emb(positions))
         for block in self.blocks:

@@ -172,6 +172,33 @@ def norm_scorer(model: torch.nn.Module, norm: str) -> Scorer:
     return score
 
 
+def analysis_input(strategy: Strategy) -> torch.Tensor:
+    """One input to trace ``strategy``'s model with: the first calibration example (its
+    dtype and shape are the data's), else zeros of ``input_shape``; zeros are token ids
+    (index 0 of every embedding) when the model reads its input through an embedding."""
+    first = next(strategy.model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    batches = strategy.calibration or []
+    if batches and isinstance(batches[0][0], torch.Tensor):
+        return batches[0][0][:1].to(device)
+    assert strategy.input_shape is not None
+    example = torch.zeros(1, *strategy.input_shape, device=device)
+    if not _reads_through_embedding(strategy.model):
+        return example
+    return example.long()
+
+
+def _reads_through_embedding(model: torch.nn.Module) -> bool:
+    """Whether the first module ``model`` calls on its input is an ``nn.Embedding``
+    (module order as registered: token embeddings come first in language models)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            return True
+        if isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+            return False
+    return False
+
+
 def tied_channels(
     strategy: Strategy, scorer: str | Callable[[ChannelAnalysis], Scorer]
 ) -> TiedChannels | None:
@@ -182,9 +209,7 @@ def tied_channels(
         scorer = lambda _: norm_scorer(strategy.model, norm)  # noqa: E731
     if strategy.input_shape is None:
         return None
-    first = next(strategy.model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    example = torch.zeros(1, *strategy.input_shape, device=device)
+    example = analysis_input(strategy)
     try:
         gqa = getattr(strategy.options, "gqa", "kv_groups")
         analysis = analyze_channels(strategy.model, example, gqa=gqa)
