@@ -41,7 +41,7 @@ def test_the_issue_command_uses_tiny_gpt_defaults(capsys):
     assert config["dense"]["epochs"] == 1 and config["finetune"]["epochs"] == 0
     assert config["dense"]["optimizer"]["name"] == "adamw"
     assert config["dataset"]["batch_size"] == 32 and config["metrics"] == ["size", "perplexity"]
-    assert printed["derived"]["component_defaults"]["dense.optimizer.lr"] == 0.003
+    assert printed["derived"]["component_defaults"]["dense.optimizer.lr"] == 0.01
     assert "metrics" not in printed["derived"]["component_defaults"]  # the user set them
     # what the user sets wins over the model's defaults
     config = print_config(capsys, *BRIEF, "-p", "finetune.epochs=2", "-p", "dataset.batch_size=8")

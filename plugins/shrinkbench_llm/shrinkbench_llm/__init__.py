@@ -31,7 +31,7 @@ TEXT_DATA_DEFAULTS = {"metrics": LM_METRICS}
 TINY_GPT_DEFAULTS = {
     "dense.epochs": 1,
     "dense.optimizer.name": "adamw",
-    "dense.optimizer.lr": 3e-3,
+    "dense.optimizer.lr": 1e-2,
     "dense.optimizer.weight_decay": 0.01,
     "dataset.batch_size": 32,
     "dataset.eval_batch_size": 64,
