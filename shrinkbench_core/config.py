@@ -792,3 +792,17 @@ def link_calibration(data: dict[str, Any], strategy_fields: Any, strategy: str) 
         elif own is not None:
             calibration[name] = own
     return problems
+
+
+def calibration_window_problems(data: dict[str, Any]) -> list[str]:
+    """``calibration.seqlen`` longer than the dataset's windows (its ``seqlen`` parameter),
+    found before anything runs: calibration windows are cut from the dataset's."""
+    seqlen = (data.get("calibration") or {}).get("seqlen")
+    params = (data.get("dataset") or {}).get("params")
+    window = params.get("seqlen") if isinstance(params, dict) else None
+    if isinstance(seqlen, int) and isinstance(window, int) and seqlen > window:
+        return [
+            f"calibration.seqlen: {seqlen} tokens > the dataset's windows of {window} "
+            "(dataset.seqlen); lower the first or raise the second"
+        ]
+    return []

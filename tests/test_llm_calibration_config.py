@@ -93,3 +93,12 @@ def test_calibration_samples_works_for_any_data_driven_strategy(tmp_path):
     resolved = resolve(data)  # calibration_batches=0 is fine: samples decide
     batches = Experiment(resolved, quiet=True).calibration_batches()
     assert [len(inputs) for inputs, _ in batches] == [64, 6]
+
+
+def test_calibration_seqlen_longer_than_the_windows_is_found_before_running(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        resolve(lm(tmp_path, calibration={"seqlen": 64}))
+    assert error.value.problems == [
+        "calibration.seqlen: 64 tokens > the dataset's windows of 32 (dataset.seqlen); lower "
+        "the first or raise the second"
+    ]

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from shrinkbench_core.config import (
     ExperimentConfig,
     apply_config_defaults,
+    calibration_window_problems,
     config_digest,
     format_validation_error,
     link_calibration,
@@ -163,6 +164,7 @@ def resolve_config(
         data["dataset"]["params"] = _params(
             dataset, config.dataset.params, "dataset.params", problems
         )
+        problems.extend(calibration_window_problems(data))
     if model:
         data["model"]["params"] = _params(model, config.model.params, "model.params", problems)
     if dataset and model and not model.accepts(dataset.input_shape):
