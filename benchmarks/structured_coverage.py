@@ -189,8 +189,22 @@ def peer(name: str, share: float = 0.5) -> dict[str, Any]:
     }
 
 
+def _address_space() -> int:
+    """This process's virtual memory size in bytes (0 where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _child(function: Any, name: str, memory_gb: float, queue: Any) -> None:
-    limit = int(memory_gb * 2**30)
+    # The limit is the whole address space, but never less than what the forked child
+    # already has plus 1 GiB: a large parent (a test session) would otherwise leave the
+    # child unable to start even a thread (it hangs in Thread.start).
+    limit = max(int(memory_gb * 2**30), _address_space() + 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     torch.set_num_threads(1)
     try:
@@ -213,10 +227,19 @@ def isolated(function: Any, name: str, memory_gb: float, timeout: float) -> dict
     queue = context.Queue()
     process = context.Process(target=_child, args=(function, name, memory_gb, queue))
     process.start()
+    deadline = time.monotonic() + timeout
     try:
-        return queue.get(timeout=timeout)
-    except Exception:
-        return {"error": f"no result within {timeout:g} s (or the process died)"}
+        while True:  # poll, so a child that dies without a result is noticed at once
+            try:
+                return queue.get(timeout=1.0)
+            except Exception:
+                if not process.is_alive():
+                    try:  # a result sent just before the child ended
+                        return queue.get(timeout=0.5)
+                    except Exception:
+                        return {"error": f"the process died (exit code {process.exitcode})"}
+                if time.monotonic() > deadline:
+                    return {"error": f"no result within {timeout:g} s"}
     finally:
         process.join(5)
         if process.is_alive():

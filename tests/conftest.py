@@ -1,4 +1,4 @@
-"""Shared fixtures: fake plugin distributions on sys.path, a clean registry."""
+"""Shared fixtures: fake plugin distributions on sys.path, a clean registry, one thread."""
 
 from __future__ import annotations
 
@@ -59,3 +59,15 @@ def fake_dists(tmp_path, monkeypatch):
     yield dists
     dists.cleanup()
     importlib.invalidate_caches()
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module of many small tensor ops, which threads only slow
+    down (use with ``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -33,12 +33,7 @@ ATOL = 1e-5  # logits of the shrunk vs the masked model (float32), relative to t
 VOCAB = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class CausalLM(nn.Module):

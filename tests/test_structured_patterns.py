@@ -29,13 +29,7 @@ from shrinkbench_core.pruning.structured import (
     mask_channels,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def shrink_half(model: nn.Module, example, fresh):

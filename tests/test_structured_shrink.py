@@ -38,13 +38,7 @@ cifar_models = pytest.importorskip("shrinkbench_cifar.models")
 # -- helpers ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: these tests run many small tensor ops, which threads only slow down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

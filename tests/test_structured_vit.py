@@ -25,13 +25,7 @@ from shrinkbench_core.pruning.channels.vit import StreamParameter
 from shrinkbench_core.pruning.shrink import resize_like, shrink_model
 from shrinkbench_core.pruning.structured import analyze_channels, complete_channel_masks
 
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # -- stream parameters: class token and position embedding --------------------------------
